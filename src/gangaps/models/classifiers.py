@@ -77,7 +77,8 @@ def register(name: str) -> Callable[[Builder], Builder]:
 def build_classifier(arch: str, in_channels: int, resolution: int, **options) -> GANClassifier:
     """Build a registered architecture for images of `in_channels` × `resolution`²."""
     if arch not in ARCHITECTURES:
-        raise UserError(f"unknown classifier arch {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise UserError(f"unknown classifier arch {arch!r}; known: {known}")
     try:
         return ARCHITECTURES[arch](in_channels, resolution, **options)
     except TypeError as e:  # unknown option names come back as TypeError from the builder
@@ -106,3 +107,8 @@ def freeze(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+# Registers the larger architectures (resnet18/50, patch, spectrum, dcgan_d) on import; at the
+# bottom because classifier_zoo needs GANClassifier and register from this module.
+from gangaps.models import classifier_zoo  # noqa: E402, F401
