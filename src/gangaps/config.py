@@ -1,0 +1,202 @@
+"""The experiment's typed configuration: YAML file + dotted `key=value` overrides.
+
+Every field has a default taken from paper.md §9 (the paper is silent on most of them) and a
+one-line description; unknown keys, wrong types and impossible values stop with a one-line
+`UserError` before anything is written. The resolved config is saved into every run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gangaps.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["mnist", "images"] = "mnist"
+    path: str | None = Field(None, description="mnist: folder with the idx files (default "
+                             "$GANGAPS_DATA_ROOT); images: folder, zip or prepared cache")
+    download: bool = Field(False, description="mnist: fetch the official files if missing")
+    resolution: int = Field(28, ge=8, le=1024)
+    channels: Literal[1, 3] = 1
+    heldout_real: int = Field(10_000, ge=1, description="images: real images kept out of "
+                              "classifier training and used as the real side of evaluation")
+
+
+class ExperimentConfig(_Section):
+    iterations: int = Field(5, ge=1, description="K: rounds of generators then classifiers")
+    instances: int = Field(10, ge=2, description="N: independent generators per iteration")
+    heldout_instances: int = Field(5, ge=1, description="generators per iteration kept out of "
+                                   "classifier training (H1)")
+    fool_mode: Literal["fool-all", "memoryless", "none"] = "fool-all"
+    fool_lambda: float = Field(1.0, ge=0.0, description="weight λ of the fool term")
+    fool_ramp: float = Field(0.0, ge=0.0, le=1.0, description="fraction of training over "
+                             "which λ ramps linearly from 0")
+    init: Literal["scratch", "previous"] = Field("scratch", description="generators of "
+                                                 "iteration k≥1 start from scratch or from k-1")
+    reuse_iteration0: str | None = Field(None, description="run directory whose finished "
+                                         "iteration 0 this run shares (sweeps)")
+
+    @model_validator(mode="after")
+    def _split(self) -> ExperimentConfig:
+        if self.heldout_instances >= self.instances:
+            raise ValueError(f"heldout_instances={self.heldout_instances} leaves no train "
+                             f"generator out of instances={self.instances}")
+        return self
+
+
+class GANConfig(_Section):
+    family: str = Field("dcgan", description="dcgan | stylegan2")
+    kimg: float = Field(3000.0, gt=0, description="training length in thousands of real "
+                        "images shown to D (MNIST: 3000 kimg = 50 epochs)")
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    z_dim: int = Field(100, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="family-specific "
+                                    "network and loss options")
+    checkpoint_kimg: float = Field(50.0, gt=0, description="checkpoint every this many kimg")
+    log_kimg: float = Field(5.0, gt=0)
+    sample_grid: int = Field(64, ge=1)
+
+
+class ClassifierSpec(_Section):
+    arch: str = "small_cnn"
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    role: Literal["target", "heldout"] = "target"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClassifierTrainingConfig(_Section):
+    n_real: int = Field(60_000, ge=2, description="real training images (before validation split)")
+    n_fake: int = Field(60_000, ge=2, description="fakes, split evenly over train generators")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-4, gt=0)
+    epochs: int = Field(10, ge=1, description="maximum epochs")
+    patience: int = Field(2, ge=1, description="epochs without validation gain before lr/10")
+    min_lr: float = Field(1e-6, gt=0, description="stop once the learning rate falls below")
+    augment: dict[str, Any] = Field(default_factory=dict, description="detector augmentation "
+                                    "(crop, flip, blur_prob, blur_sigma, jpeg_prob, jpeg_quality)")
+
+
+class EvaluationConfig(_Section):
+    n_fake: int = Field(10_000, ge=2, description="samples per generator for metrics and FID")
+    n_real: int = Field(10_000, ge=2, description="held-out real images (MNIST: test set)")
+    fid: Literal["lenet", "inception", "none"] = "lenet"
+    inception_weights: str | None = Field(None, description="local Inception weights file")
+    bootstrap: int = Field(0, ge=0, description="bootstrap resamples for confidence intervals")
+
+
+class Config(_Section):
+    name: str = "experiment"
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    data: DataConfig = Field(default_factory=DataConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    gan: GANConfig = Field(default_factory=GANConfig)
+    classifiers: list[ClassifierSpec] = Field(default_factory=lambda: [
+        ClassifierSpec(seeds=[0], role="target"), ClassifierSpec(seeds=[1], role="heldout")])
+    classifier_training: ClassifierTrainingConfig = Field(default_factory=ClassifierTrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if not any(s.role == "target" for s in self.classifiers) and \
+                self.experiment.fool_mode != "none" and self.experiment.iterations > 1:
+            raise ValueError("no classifier has role 'target', so there is nothing to fool")
+        ids = [cid for s in self.classifiers for cid in classifier_ids(s)]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"classifier ids repeat: {sorted(ids)}")
+        return self
+
+
+def classifier_ids(spec: ClassifierSpec) -> list[str]:
+    return [f"clf_{spec.arch}_{seed}" for seed in spec.seeds]
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+            continue
+        if not isinstance(node, dict):
+            raise UserError(f"override {dotted}: {key!r} is not a section")
+        node = node.setdefault(key, {})
+    if isinstance(node, list) and leaf.isdigit() and int(leaf) < len(node):
+        node[int(leaf)] = value
+    elif isinstance(node, dict):
+        node[leaf] = value
+    else:
+        raise UserError(f"override {dotted}: cannot set {leaf!r} here")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    tree: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not key=value (e.g. gan.lr=2e-4)")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif isinstance(first.get("input"), (str, int, float, bool)):
+        msg += f" (got {first['input']!r})"
+    n = err.error_count()
+    more = f" (and {n - 1} more problem{'s' if n > 2 else ''})" if n > 1 else ""
+    return f"{where}: {msg}{more}"
+
+
+def from_dict(tree: dict) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(f"config {_format_error(e)}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or the defaults when path is None) and apply dotted overrides."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"{path}: expected a mapping at the top level")
+    return from_dict(_merge(tree, parse_overrides(list(overrides))))
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,35 @@
+"""Frozen generators: load a finished generator job and draw reproducible samples from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gangaps.config import GANConfig
+from gangaps.data import to_uint8
+from gangaps.io import load_state
+from gangaps.train.family import get_family
+
+
+def load_generator(checkpoint: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """The sampling network (G_ema if the family keeps one) of a generator checkpoint, frozen."""
+    state = load_state(checkpoint)
+    spec = state["spec"]
+    family = get_family(spec["gan"]["family"])
+    nets = family.build(GANConfig.model_validate(spec["gan"]), spec["channels"], spec["resolution"])
+    nets.load_state_dict(state["nets"])
+    G = family.sampler(nets).to(device).eval().requires_grad_(False)
+    G.z_dim = spec["gan"]["z_dim"]
+    return G
+
+
+@torch.no_grad()
+def generate(G: nn.Module, n: int, seed: int, batch_size: int = 500,
+             device: torch.device | str = "cpu") -> torch.Tensor:
+    """n samples as uint8 [n, C, H, W] (quantized like saved images); same seed, same images."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    z = torch.randn(n, G.z_dim, generator=gen)
+    out = [to_uint8(G(z[i:i + batch_size].to(device))).cpu() for i in range(0, n, batch_size)]
+    return torch.cat(out)

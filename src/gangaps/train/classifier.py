@@ -1,0 +1,171 @@
+"""GAN-classifier training: real vs generated, balanced 1:1, as detectors are trained in practice.
+
+`fit_classifier` trains any registered architecture on two uint8 image sets (real, fake) with a
+validation split, detector augmentation, early stopping and learning-rate drops (CNNDetection's
+schedule: no validation gain for `patience` epochs -> lr/10; stop below `min_lr`), keeping the
+best epoch. It checkpoints the full state every epoch and resumes exactly. `train_classifier`
+is the experiment's job: it draws the fake side from the frozen train-subset generators.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gangaps.config import ClassifierTrainingConfig
+from gangaps.data import to_model_range
+from gangaps.data.sampler import EpochSampler
+from gangaps.generators import generate, load_generator
+from gangaps.io import append_jsonl, load_state, rng_state, save_state, set_rng_state
+from gangaps.models.classifiers import GANClassifier, build_classifier, freeze
+
+CHECKPOINT = "checkpoint.safetensors"
+FINAL = "classifier.safetensors"
+
+
+def _make_augment(options: dict, seed: int):
+    if not options:
+        return None
+    from gangaps.data.augment import DetectorAugment
+    return DetectorAugment(**options, generator=torch.Generator().manual_seed(seed))
+
+
+def _split(images: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(len(images) * val_fraction))
+    return images[perm[n_val:]], images[perm[:n_val]]
+
+
+@torch.no_grad()
+def classify(model: torch.nn.Module, images: torch.Tensor, device: torch.device | str = "cpu",
+             batch_size: int = 1000) -> torch.Tensor:
+    """Logits (real > 0) of uint8 images [N, C, H, W], in eval mode; float32 on CPU."""
+    was_training = model.training
+    model.eval()
+    out = [model(to_model_range(images[i:i + batch_size].to(device))).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def _balanced_accuracy(model, real, fake, device) -> float:
+    return 0.5 * ((classify(model, real, device) > 0).float().mean().item()
+                  + (classify(model, fake, device) <= 0).float().mean().item())
+
+
+def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
+                   tcfg: ClassifierTrainingConfig, seed: int, out_dir: Path,
+                   device: torch.device, progress: bool = True, label: str = "") -> dict:
+    """Train `model` on uint8 real vs fake images; return a summary. Resumes from out_dir."""
+    real_tr, real_val = _split(real, tcfg.val_fraction, seed)
+    fake_tr, fake_val = _split(fake, tcfg.val_fraction, seed + 1)
+    half = tcfg.batch_size // 2
+    steps_per_epoch = max(1, min(len(real_tr), len(fake_tr)) // half)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, betas=(0.9, 0.999))
+    real_sampler = EpochSampler(len(real_tr), half, seed)
+    fake_sampler = EpochSampler(len(fake_tr), half, seed + 7)
+    augment = _make_augment(tcfg.augment, seed)
+    epoch, best_acc, best_epoch, bad_epochs = 0, -1.0, -1, 0
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = out_dir / CHECKPOINT
+    if ckpt.exists():
+        s = load_state(ckpt)
+        model.load_state_dict(s["model"])
+        opt.load_state_dict(s["opt"])
+        real_sampler.load_state_dict(s["real_sampler"])
+        fake_sampler.load_state_dict(s["fake_sampler"])
+        if augment is not None:
+            augment.generator.set_state(s["augment_rng"])
+        set_rng_state(s["rng"])
+        best_state = s["best_state"]
+        epoch, best_acc, best_epoch, bad_epochs = s["epoch"], s["best_acc"], s["best_epoch"], s["bad_epochs"]
+    target = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)  # real = 1
+    bar = tqdm(total=tcfg.epochs * steps_per_epoch, initial=epoch * steps_per_epoch,
+               desc=label or out_dir.name, unit="step", disable=not progress, leave=False,
+               dynamic_ncols=True)
+    while epoch < tcfg.epochs and opt.param_groups[0]["lr"] >= tcfg.min_lr:
+        t0, loss_sum = time.perf_counter(), 0.0
+        for _ in range(steps_per_epoch):
+            x = torch.cat([real_tr[real_sampler.next()], fake_tr[fake_sampler.next()]])
+            if augment is not None:
+                x = augment(x)
+            logits = model(to_model_range(x.to(device)))
+            loss = F.binary_cross_entropy_with_logits(logits, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item()
+            bar.update(1)
+        epoch += 1
+        val_acc = _balanced_accuracy(model, real_val, fake_val, device)
+        if val_acc > best_acc + 1e-3:
+            best_acc, best_epoch, bad_epochs = val_acc, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= tcfg.patience:  # CNNDetection: drop lr by 10, keep going
+                for g in opt.param_groups:
+                    g["lr"] /= 10
+                bad_epochs = 0
+        dt = time.perf_counter() - t0
+        append_jsonl(out_dir / "log.jsonl", {
+            "epoch": epoch, "loss": loss_sum / steps_per_epoch, "val_accuracy": val_acc,
+            "lr": opt.param_groups[0]["lr"], "img_per_s": round(steps_per_epoch * 2 * half / dt, 1)})
+        bar.set_postfix(val_acc=f"{val_acc:.3f}")
+        save_state(ckpt, {
+            "model": model.state_dict(), "opt": opt.state_dict(), "best_state": best_state,
+            "real_sampler": real_sampler.state_dict(), "fake_sampler": fake_sampler.state_dict(),
+            "augment_rng": augment.generator.get_state() if augment is not None else torch.zeros(1),
+            "rng": rng_state(), "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs})
+    bar.close()
+    model.load_state_dict(best_state)
+    return {"epochs": epoch, "best_epoch": best_epoch, "val_accuracy": best_acc,
+            "n_real": len(real), "n_fake": len(fake)}
+
+
+def save_classifier(path: Path, model: GANClassifier, arch: str, options: dict,
+                    in_channels: int, resolution: int, summary: dict) -> None:
+    save_state(path, {"spec": {"arch": arch, "options": options, "in_channels": in_channels,
+                               "resolution": resolution}, "model": model.state_dict(),
+                      "summary": summary})
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> GANClassifier:
+    """A trained classifier, frozen (eval mode, no parameter gradients)."""
+    state = load_state(path)
+    spec = state["spec"]
+    model = build_classifier(spec["arch"], spec["in_channels"], spec["resolution"], **spec["options"])
+    model.load_state_dict(state["model"])
+    return freeze(model.to(device))
+
+
+def fake_bank(generator_checkpoints: list[Path], n_fake: int, seed: int,
+              device: torch.device) -> torch.Tensor:
+    """n_fake uint8 samples split evenly over the frozen generators (seeded per generator)."""
+    per = [n_fake // len(generator_checkpoints)] * len(generator_checkpoints)
+    for i in range(n_fake % len(generator_checkpoints)):
+        per[i] += 1
+    parts = [generate(load_generator(p, device), n, seed * 1000 + i, device=device)
+             for i, (p, n) in enumerate(zip(generator_checkpoints, per))]
+    return torch.cat(parts)
+
+
+def train_classifier(out_dir: Path, arch: str, options: dict, seed: int,
+                     generator_checkpoints: list[Path], real: torch.Tensor,
+                     tcfg: ClassifierTrainingConfig, device: torch.device,
+                     progress: bool = True, label: str = "") -> dict:
+    """The experiment's stage-2 job: train on real vs the train-subset generators, save FINAL."""
+    gen = torch.Generator().manual_seed(seed)
+    real = real[torch.randperm(len(real), generator=gen)[:tcfg.n_real]]
+    fake = fake_bank(generator_checkpoints, tcfg.n_fake, seed, device)
+    model = build_classifier(arch, real.shape[1], real.shape[-1], **options)
+    summary = fit_classifier(model, real, fake, tcfg, seed, out_dir, device, progress, label)
+    save_classifier(out_dir / FINAL, model, arch, options, real.shape[1], real.shape[-1], summary)
+    return summary

@@ -1,0 +1,83 @@
+"""What a GAN family provides to the one training loop: networks, optimizers, phases, losses.
+
+The loop (`gangaps.train.gan`) owns data, latents, the fool term, checkpoints, logging and
+resume. A family owns only what differs between GANs: how to build G and D, which loss phases
+run how often (StyleGAN2's lazy regularisation is just phases with an interval), and the loss
+of each phase. A phase that returns `fake` (the generator's main phase) gets λ·L_fool added by
+the loop on those very images, so the fool term is written once for every family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gangaps.config import GANConfig
+from gangaps.errors import UserError
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    opt: str  # which optimizer steps after this phase ("G" or "D")
+    interval: int = 1  # run every `interval` steps (lazy regularisation)
+    fool: bool = False  # the loop adds λ·L_fool to this phase's loss
+
+
+@dataclass
+class PhaseResult:
+    loss: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+    fake: torch.Tensor | None = None  # generated images, for the fool term
+
+
+class GANFamily:
+    """Base class; subclasses set `name`, `options` (defaults) and implement build/phase_loss."""
+
+    name: str = ""
+    options: dict[str, Any] = {}
+
+    def resolve_options(self, cfg: GANConfig) -> dict[str, Any]:
+        unknown = set(cfg.options) - set(self.options)
+        if unknown:
+            raise UserError(f"gan.options: unknown key(s) {sorted(unknown)} for family "
+                            f"{self.name!r}; known: {sorted(self.options)}")
+        return {**self.options, **cfg.options}
+
+    def build(self, cfg: GANConfig, channels: int, resolution: int) -> nn.ModuleDict:
+        """Return at least 'G' and 'D' (and 'G_ema' if the family keeps one)."""
+        raise NotImplementedError
+
+    def optimizers(self, cfg: GANConfig, nets: nn.ModuleDict) -> dict[str, torch.optim.Optimizer]:
+        return {k: torch.optim.Adam(nets[k].parameters(), lr=cfg.lr, betas=cfg.betas)
+                for k in ("G", "D")}
+
+    def phases(self, cfg: GANConfig) -> list[Phase]:
+        raise NotImplementedError
+
+    def phase_loss(self, phase: Phase, nets: nn.ModuleDict, real: torch.Tensor,
+                   z: torch.Tensor, step: int) -> PhaseResult:
+        raise NotImplementedError
+
+    def end_step(self, nets: nn.ModuleDict, step: int, batch_size: int) -> None:
+        """After all phases of a step (EMA updates and the like)."""
+
+    def sampler(self, nets: nn.ModuleDict) -> nn.Module:
+        """The network whose samples are evaluated and shown to classifiers: z -> images."""
+        return nets["G_ema"] if "G_ema" in nets else nets["G"]
+
+
+def get_family(name: str) -> GANFamily:
+    if name == "dcgan":
+        from gangaps.models.dcgan import DCGANFamily
+        return DCGANFamily()
+    if name == "stylegan2":
+        try:
+            from gangaps.train.stylegan2_family import StyleGAN2Family
+        except ImportError:
+            raise UserError("gan.family=stylegan2 is not available in this build") from None
+        return StyleGAN2Family()
+    raise UserError(f"unknown gan.family {name!r}; known: dcgan, stylegan2")
