@@ -86,6 +86,27 @@ def test_same_seed_same_output_different_seed_differs():
     assert not torch.equal(a, c)
 
 
+def test_stored_generator_is_used_and_resumable():
+    aug = DetectorAugment(crop=24, flip=True, blur_prob=0.5, generator=_gen(5))
+    x = _images(8)
+    state = aug.generator.get_state()
+    first = aug(x)
+    assert torch.equal(first, aug(x, _gen(5)))  # same stream as an explicit generator
+    assert not torch.equal(aug(x), first)  # the stored generator advanced
+    aug.generator.set_state(state)
+    assert torch.equal(aug(x), first)  # restoring its state replays the batch
+
+
+def test_uint8_in_uint8_out():
+    x8 = ((_images(4) + 1) * 127.5).round().to(torch.uint8)
+    assert torch.equal(DetectorAugment()(x8, _gen(0)), x8)  # exact when nothing is applied
+    aug = DetectorAugment(crop=20, flip=True, blur_prob=1.0, blur_sigma=(1.0, 2.0))
+    y8 = aug(x8, _gen(1))
+    yf = aug(x8.float() / 127.5 - 1, _gen(1))
+    assert y8.dtype == torch.uint8 and y8.shape == (4, 3, 20, 20)
+    assert (y8.float() / 127.5 - 1 - yf).abs().max() <= 1 / 127.5 + 1e-6
+
+
 def test_probability_zero_leaves_images_unchanged():
     x = _images()
     aug = DetectorAugment(flip=False, blur_prob=0.0, blur_sigma=(1.0, 3.0), jpeg_prob=0.0,
@@ -131,6 +152,7 @@ def test_from_config_and_describe_round_trip():
     assert d == {**cfg, "blur_sigma": [0.0, 3.0]}
     assert DetectorAugment.from_config(d) == aug
     assert DetectorAugment.from_config(None) == DetectorAugment()
+    assert DetectorAugment(generator=_gen(0)) == DetectorAugment()  # RNG is not a setting
 
 
 @pytest.mark.parametrize("cfg", [
@@ -143,6 +165,7 @@ def test_from_config_and_describe_round_trip():
     {"crop": 0},
     {"crop": True},
     {"flip": "yes"},
+    {"generator": None},
 ])
 def test_bad_config_is_user_error(cfg):
     with pytest.raises(UserError):

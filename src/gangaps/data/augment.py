@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -119,6 +119,8 @@ class DetectorAugment:
     blur_prob / blur_sigma: Gaussian blur with σ ~ U[blur_sigma] with that probability.
     jpeg_prob / jpeg_quality: JPEG re-compression, quality ~ U{jpeg_quality} (inclusive).
     "Blur+JPEG(0.5)" is `DetectorAugment(crop, True, 0.5, (0, 3), 0.5, (30, 100))`.
+    generator: default source of randomness when a call passes none (the trainer keeps one
+    here and checkpoints its state); not a setting, so not compared, logged or configured.
     """
 
     crop: int | None = None
@@ -127,6 +129,7 @@ class DetectorAugment:
     blur_sigma: tuple[float, float] = (0.0, 3.0)
     jpeg_prob: float = 0.0
     jpeg_quality: tuple[int, int] = (30, 100)
+    generator: torch.Generator | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.crop is not None and (isinstance(self.crop, bool) or not isinstance(
@@ -148,7 +151,7 @@ class DetectorAugment:
     def from_config(cls, cfg: Mapping[str, Any] | None) -> DetectorAugment:
         """Build from a config mapping (e.g. YAML); unknown keys are a UserError."""
         cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"generator"}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise UserError(f"unknown augment option(s) {', '.join(unknown)}; "
@@ -157,19 +160,25 @@ class DetectorAugment:
 
     def describe(self) -> dict[str, Any]:
         """Plain dict of the settings, for logs and run records."""
-        d = asdict(self)
-        d["blur_sigma"] = list(self.blur_sigma)
-        d["jpeg_quality"] = list(self.jpeg_quality)
-        return d
+        return {"crop": self.crop, "flip": self.flip, "blur_prob": self.blur_prob,
+                "blur_sigma": list(self.blur_sigma), "jpeg_prob": self.jpeg_prob,
+                "jpeg_quality": list(self.jpeg_quality)}
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment a training batch in [-1, 1]; all randomness drawn from `generator` (CPU)."""
+        """Augment a training batch; all randomness from `generator` (CPU), else `self.generator`.
+
+        Float input is taken to be in [-1, 1] and comes back as float; uint8 input (0..255, as
+        datasets are stored) comes back as uint8, rounded after the float-domain steps.
+        """
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise UserError(f"augment expects N×C×H×W images with C = 1 or 3, got {tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            y = self(x.float() / 127.5 - 1, generator)
+            return ((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         n, _, h, w = x.shape
         if self.crop is not None and (self.crop > h or self.crop > w):
             raise UserError(f"augment crop {self.crop} is larger than the images ({h}×{w})")
-        g = generator
+        g = generator if generator is not None else self.generator
 
         def chosen(p: float) -> torch.Tensor:
             # Always draw, even for p = 0 or 1, so the stream position (and hence every later
