@@ -3,7 +3,8 @@
     runs/<name>/config.yaml                    resolved config, written once
     runs/<name>/iter_KK/gen_NN/                checkpoint, samples.png, log.jsonl, quality.json, DONE
     runs/<name>/iter_KK/clf_<arch>_<seed>/     checkpoint, classifier.safetensors, log.jsonl, DONE
-    runs/<name>/iter_KK/eval/<clf>__gen_NN.json  one classifier (of any iteration) on one generator
+    runs/<name>/iter_KK/quality/gen_NN.json    FID of one generator
+    runs/<name>/iter_KK/eval/cII_<clf>__gen_NN.json  a classifier of iteration II on one generator
     runs/<name>/report/                        index.html, results.json, figures/*.png
 
 A job is done when its DONE marker exists; DONE is written last, atomically, so a crash leaves
@@ -49,6 +50,15 @@ class RunStore:
         # evaluations of shared iteration-0 generators by this run's classifiers stay in this run
         return self.root / f"iter_{gen_iter:02d}" / "eval" / \
             f"c{clf_iter:02d}_{clf_id}__gen_{gen_instance:02d}.json"
+
+    def quality_path(self, gen_iter: int, gen_instance: int) -> Path:
+        return self.root / f"iter_{gen_iter:02d}" / "quality" / f"gen_{gen_instance:02d}.json"
+
+    def eval_files(self) -> list[Path]:
+        return sorted(self.root.glob("iter_*/eval/*.json"))
+
+    def quality_files(self) -> list[Path]:
+        return sorted(self.root.glob("iter_*/quality/*.json"))
 
     @property
     def report_dir(self) -> Path:

@@ -1,0 +1,166 @@
+"""Run an experiment: iteration by iteration, generators, then classifiers, then evaluations.
+
+Each job is skipped when its DONE marker exists and resumes from its checkpoint otherwise, so
+re-running the same command continues where a killed run stopped. Jobs run one after another
+in this process; spreading them over GPUs or machines is the executor's business (see README).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+from gangaps.config import Config
+from gangaps.data import RealData, load_real
+from gangaps.errors import UserError
+from gangaps.experiment.evaluate import QualityMeter, detection_record
+from gangaps.experiment.plan import (
+    classifier_specs,
+    derive_seed,
+    generator_specs,
+)
+from gangaps.experiment.store import RunStore
+from gangaps.generators import generate, load_generator
+from gangaps.io import atomic_write_json
+from gangaps.train.classifier import FINAL, classify, load_classifier, train_classifier
+from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
+def open_run(cfg: Config, out: str | Path) -> tuple[RunStore, RealData]:
+    """Validate everything a run needs (data included) before writing a single file."""
+    store = RunStore(out, cfg.experiment.reuse_iteration0)
+    if store.shared_iteration0 is not None and not (store.shared_iteration0 / "iter_00").is_dir():
+        raise UserError(f"experiment.reuse_iteration0: {store.shared_iteration0} has no iter_00")
+    real = load_real(cfg.data)
+    resolve_device(cfg.device)
+    store.check_or_write_config(cfg)
+    return store, real
+
+
+class Runner:
+    def __init__(self, cfg: Config, out: str | Path, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.store, self.real = open_run(cfg, out)
+        self.device = resolve_device(cfg.device)
+        self.progress = progress
+        self._quality: QualityMeter | None = None
+        self._real_logits: dict[tuple[int, str], torch.Tensor] = {}
+
+    def log(self, msg: str) -> None:
+        if self.progress:
+            tqdm.write(msg, file=sys.stderr)
+
+    # -- the experiment -----------------------------------------------------------------
+    def run(self) -> None:
+        self.store.acquire()
+        try:
+            for k in range(self.cfg.experiment.iterations):
+                self.train_generators(k)
+                self.train_classifiers(k)
+                self.evaluate(k)
+            from gangaps.report import build_report
+            build_report(self.store.root)
+        finally:
+            self.store.release()
+
+    def _shared(self, k: int) -> bool:
+        return k == 0 and self.store.shared_iteration0 is not None
+
+    def train_generators(self, k: int) -> None:
+        for spec in generator_specs(self.cfg, k):
+            out = self.store.generator_dir(k, spec.instance)
+            if self.store.is_done(out):
+                continue
+            if self._shared(k):
+                raise UserError(f"shared iteration 0 is unfinished: {out} (finish that run first)")
+            label = f"iter {k} gen {spec.instance:02d}"
+            fool = [load_classifier(self.store.classifier_dir(i, cid) / FINAL, self.device)
+                    for i, cid in spec.fool_targets]
+            init = (self.store.generator_dir(*spec.init_from) / CHECKPOINT
+                    if spec.init_from else None)
+            t0 = time.perf_counter()
+            summary = train_generator(GeneratorJob(out, spec.seed, fool, init, label), self.cfg,
+                                      self.real.gan_train, self.device, self.progress)
+            G = load_generator(out / CHECKPOINT, self.device)
+            grid = generate(G, self.cfg.gan.sample_grid, seed=0, device=self.device)
+            save_image(grid.float() / 255, out / "samples.png",
+                       nrow=max(1, int(len(grid) ** 0.5)))
+            summary.update(seed=spec.seed, split=spec.split, seconds=time.perf_counter() - t0,
+                           fool_targets=[list(t) for t in spec.fool_targets])
+            self.store.mark_done(out, summary)
+            self.log(f"{label}: done in {summary['seconds']:.0f}s ({spec.split})")
+
+    def train_classifiers(self, k: int) -> None:
+        for spec in classifier_specs(self.cfg, k):
+            out = self.store.classifier_dir(k, spec.clf_id)
+            if self.store.is_done(out):
+                continue
+            if self._shared(k):
+                raise UserError(f"shared iteration 0 is unfinished: {out} (finish that run first)")
+            label = f"iter {k} {spec.clf_id}"
+            gens = [self.store.generator_dir(k, n) / CHECKPOINT for n in spec.train_instances]
+            t0 = time.perf_counter()
+            summary = train_classifier(out, spec.arch, spec.options, spec.seed, gens,
+                                       self.real.classifier_train, self.cfg.classifier_training,
+                                       self.device, self.progress, label)
+            summary.update(seed=spec.seed, role=spec.role, arch=spec.arch,
+                           seconds=time.perf_counter() - t0)
+            self.store.mark_done(out, summary)
+            self.log(f"{label}: done in {summary['seconds']:.0f}s, "
+                     f"val accuracy {summary['val_accuracy']:.3f}")
+
+    # -- evaluation ---------------------------------------------------------------------
+    def _real_logits_of(self, i: int, clf_id: str, model: torch.nn.Module) -> torch.Tensor:
+        if (i, clf_id) not in self._real_logits:
+            self._real_logits[(i, clf_id)] = classify(model, self.real.eval_real, self.device)
+        return self._real_logits[(i, clf_id)]
+
+    def evaluate(self, upto: int) -> None:
+        """Quality of every generator of iterations ≤ upto, and every classifier of those
+        iterations on every one of those generators (the full cross-iteration matrix so far)."""
+        ev = self.cfg.evaluation
+        classifiers = [(i, c) for i in range(upto + 1) for c in classifier_specs(self.cfg, i)]
+        for j in range(upto + 1):
+            for g in generator_specs(self.cfg, j):
+                gen_dir = self.store.generator_dir(j, g.instance)
+                quality_path = self.store.quality_path(j, g.instance)
+                todo = [(i, c) for i, c in classifiers
+                        if not self.store.eval_path(j, g.instance, i, c.clf_id).exists()]
+                if quality_path.exists() and not todo:
+                    continue
+                G = load_generator(gen_dir / CHECKPOINT, self.device)
+                fake = generate(G, ev.n_fake, derive_seed(self.cfg.seed, "eval", j, g.instance),
+                                device=self.device)
+                if not quality_path.exists():
+                    if self._quality is None:
+                        self._quality = QualityMeter(self.cfg, self.real, self.device)
+                    atomic_write_json(quality_path, {
+                        "generator_iteration": j, "generator_instance": g.instance,
+                        "generator_split": g.split, "n_fake": len(fake), **self._quality(fake)})
+                for i, c in todo:
+                    model = load_classifier(self.store.classifier_dir(i, c.clf_id) / FINAL,
+                                            self.device)
+                    metrics = detection_record(self._real_logits_of(i, c.clf_id, model),
+                                               classify(model, fake, self.device),
+                                               ev.bootstrap, seed=derive_seed(0, j, g.instance))
+                    atomic_write_json(self.store.eval_path(j, g.instance, i, c.clf_id), {
+                        "generator_iteration": j, "generator_instance": g.instance,
+                        "generator_split": g.split, "classifier_iteration": i,
+                        "classifier_id": c.clf_id, "classifier_arch": c.arch,
+                        "classifier_role": c.role, "n_real": len(self.real.eval_real),
+                        "n_fake": len(fake), "metrics": metrics})
+        self.log(f"evaluation up to iteration {upto}: done")
+

@@ -1,0 +1,56 @@
+"""results.json: every measurement of a run as one flat record (long format, pandas-ready).
+
+Each record: metric, value, generator_iteration, generator_instance, generator_split, and for
+classifier metrics classifier_iteration, classifier_id, classifier_arch, classifier_role (None
+for quality metrics), plus the run's fool_mode and fool_lambda so several runs concatenate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gangaps
+from gangaps.experiment.store import RunStore
+from gangaps.io import atomic_write_json, read_json
+
+GEN_KEYS = ("generator_iteration", "generator_instance", "generator_split")
+CLF_KEYS = ("classifier_iteration", "classifier_id", "classifier_arch", "classifier_role")
+
+
+def collect_records(store: RunStore) -> list[dict]:
+    cfg = store.load_config()
+    run = {"run": cfg.name, "fool_mode": cfg.experiment.fool_mode,
+           "fool_lambda": cfg.experiment.fool_lambda}
+    records = []
+    for path in store.quality_files():
+        q = read_json(path)
+        base = {k: q[k] for k in GEN_KEYS} | dict.fromkeys(CLF_KEYS)
+        for metric, value in q.items():
+            if isinstance(value, (int, float)) and metric not in GEN_KEYS and metric != "n_fake":
+                extra = {"protocol": q["protocol"]} if "protocol" in q else {}
+                records.append({"metric": metric, "value": float(value), **base, **run, **extra})
+    for path in store.eval_files():
+        e = read_json(path)
+        base = {k: e[k] for k in GEN_KEYS + CLF_KEYS}
+        for metric, value in e["metrics"].items():
+            if isinstance(value, list):
+                continue  # confidence intervals ride along with their metric below
+            ci = e["metrics"].get(f"{metric}_ci95")
+            rec = {"metric": metric, "value": float(value), **base, **run,
+                   "n_real": e["n_real"], "n_fake": e["n_fake"]}
+            if ci:
+                rec["ci95"] = ci
+            records.append(rec)
+    return records
+
+
+def write_results(store: RunStore, path: Path | None = None) -> dict:
+    cfg = store.load_config()
+    results = {
+        "gangaps_version": gangaps.__version__,
+        "schema": "records: one per measurement; see README 'results.json'",
+        "config": cfg.model_dump(mode="json"),
+        "records": collect_records(store),
+    }
+    atomic_write_json(path or store.report_dir / "results.json", results)
+    return results
