@@ -239,6 +239,15 @@ def test_import_rejects_mismatches_with_user_error():
         import_nvidia(g_sd, bad_filter, **cfg)
     with pytest.warns(UserWarning, match="num_fp16_res"):
         import_nvidia(g_sd, d_sd, **cfg, num_fp16_res=4)
+    # Shape-derived settings: no noise inputs, 2 mbstd channels, conv clamping accepted.
+    G3 = Generator(16, 16, 16, 1, 2, 256, 32, use_noise=False)
+    D3 = Discriminator(16, 1, 256, 32, mbstd_num_channels=2)
+    G4, D4 = import_nvidia(G3.state_dict(), D3.state_dict(), **cfg, conv_clamp=256)
+    assert not hasattr(G4.synthesis.b8.conv0, "noise_const") and D4.b4.mbstd_num_channels == 2
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(G4(z), G3(z))
+        torch.testing.assert_close(D4(G3(z)), D3(G3(z)))
 
 
 @needs_fixture

@@ -29,6 +29,7 @@ OPTIONAL_KEYS = {
     "mbstd_group_size": 4,
     "mbstd_num_channels": None,  # None: read from the shape of D's b4.conv.weight
     "conv_clamp": None,
+    "use_noise": None,  # None: True iff G's state dict has noise_strength entries
 }
 # Keys NVIDIA configs carry that do not change the function computed in float32.
 IGNORED_KEYS = {
@@ -38,7 +39,14 @@ IGNORED_KEYS = {
 }
 
 
-def _normalized_config(config: Mapping[str, Any], d_state: Mapping[str, torch.Tensor]) -> dict:
+def _normalized_config(
+    config: Mapping[str, Any],
+    g_state: Mapping[str, torch.Tensor],
+    d_state: Mapping[str, torch.Tensor],
+) -> dict:
+    for name, sd in (("G", g_state), ("D", d_state)):
+        if not isinstance(sd, Mapping):
+            raise UserError(f"{name} state dict must map names to tensors, got {type(sd).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise UserError(f"StyleGAN2 config is missing required key(s): {', '.join(missing)}")
@@ -69,6 +77,9 @@ def _normalized_config(config: Mapping[str, Any], d_state: Mapping[str, torch.Te
         if w is None:
             raise UserError("D state dict has no 'b4.conv.weight' (is this a StyleGAN2 D?)")
         cfg["mbstd_num_channels"] = int(w.shape[1] - w.shape[0])
+    # NVIDIA's use_noise=False leaves out noise_const/noise_strength: follow the file.
+    if cfg["use_noise"] is None:
+        cfg["use_noise"] = any(k.endswith(".noise_strength") for k in g_state)
     return cfg
 
 
@@ -80,6 +91,7 @@ def _build(cfg: dict):
         img_channels=cfg["img_channels"], mapping_layers=cfg["mapping_layers"],
         channel_base=cfg["channel_base"], channel_max=cfg["channel_max"],
         architecture=cfg["g_architecture"], conv_clamp=cfg["conv_clamp"],
+        use_noise=cfg.get("use_noise", True),
     )
     D = Discriminator(
         img_resolution=cfg["img_resolution"], img_channels=cfg["img_channels"],
@@ -136,11 +148,12 @@ def import_nvidia(
     channel_base, channel_max (required); g_architecture ('skip'), d_architecture
     ('resnet'), mbstd_group_size (4), mbstd_num_channels (read from D's shapes),
     conv_clamp (None; NVIDIA's `stylegan2`/`paper*` training configs use 256, and it does
-    change outputs whenever an activation exceeds it). num_fp16_res and other unknown keys
+    change outputs whenever an activation exceeds it), use_noise (read from G's keys).
+    num_fp16_res and other unknown keys
     are ignored with a warning. Raises UserError on any missing/unexpected key or shape
     mismatch. Returns modules in eval mode on CPU, float32.
     """
-    cfg = _normalized_config(config, d_state_dict)
+    cfg = _normalized_config(config, g_state_dict, d_state_dict)
     G, D = _build(cfg)
     _load_strict(G, g_state_dict, "G")
     _load_strict(D, d_state_dict, "D")
@@ -198,7 +211,7 @@ def load_converted(path: str | Path):
         if k not in state:
             raise UserError(f"{path} is not a converted StyleGAN2 checkpoint (no {k!r})")
     cfg = dict(state["config"])
-    G, D = _build(_normalized_config(cfg, state["D"]))
+    G, D = _build(_normalized_config(cfg, state["G"], state["D"]))
     _load_strict(G, state["G"], "G")
     _load_strict(D, state["D"], "D")
     G.eval()
