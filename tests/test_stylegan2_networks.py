@@ -319,7 +319,7 @@ def test_bf16_autocast_and_channels_last():
             ws = G.mapping(z, update_w_avg=True)
             img = G.synthesis(ws, noise_mode="const")
             logits = D(img)
-    assert ws.dtype == torch.float32 and img.dtype == torch.float32
+    assert ws.dtype == img.dtype == logits.dtype == torch.float32
     assert G.mapping.w_avg.dtype == torch.float32
     assert torch.isfinite(logits).all()
     scale = ref_img.abs().max()

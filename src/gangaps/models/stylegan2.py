@@ -5,7 +5,7 @@ Computes the same function as NVIDIA's stylegan2-ada-pytorch `training/networks.
 strict `load_state_dict` (see `stylegan2_import.import_nvidia`). Differences that do not
 change the function: no custom CUDA kernels, no fp16 blocks (use `torch.autocast` with
 bfloat16 instead; the mapping network, styles, demodulation coefficients, the skip-image
-accumulation and the minibatch-stddev statistics stay float32), and the modulated conv
+accumulation and D's 4x4 epilogue stay float32), and the modulated conv
 defaults to NVIDIA's training path (`fused_modconv=False`).
 
 Architectures: G 'skip' (default), 'orig', 'resnet'; D 'resnet' (default), 'skip', 'orig'.
@@ -462,13 +462,17 @@ class DiscriminatorEpilogue(nn.Module):
         self.out = FullyConnectedLayer(in_channels, 1)
 
     def forward(self, x, img):
-        if self.architecture == "skip":
-            x = x + self.fromrgb(img)
-        if self.mbstd_num_channels > 0:
-            x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
-        x = self.conv(x)
-        x = self.fc(x.flatten(1))  # NCHW order, also for channels_last inputs
-        return self.out(x)
+        # Always float32, as in NVIDIA's code: 4x4 maps are cheap, and the logits feed the
+        # losses and the R1 gradient penalty.
+        with no_autocast(x):
+            x = x.float()
+            if self.architecture == "skip":
+                x = x + self.fromrgb(img.float())
+            if self.mbstd_num_channels > 0:
+                x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
+            x = self.conv(x)
+            x = self.fc(x.flatten(1))  # NCHW order, also for channels_last inputs
+            return self.out(x)
 
 
 class Discriminator(nn.Module):
