@@ -324,3 +324,17 @@ def test_bf16_autocast_and_channels_last():
     assert torch.isfinite(logits).all()
     scale = ref_img.abs().max()
     assert (img - ref_img).abs().max() < 0.1 * scale, "bf16 image far from float32 image"
+
+
+def test_double_backward_for_r1_and_path_length():
+    torch.manual_seed(0)
+    G, D = _tiny_nets(_tiny_cfg())
+    real = torch.randn(4, 1, 16, 16, requires_grad=True)
+    (g,) = torch.autograd.grad(D(real).sum(), real, create_graph=True)  # R1 penalty
+    g.square().sum().backward()
+    assert D.b16.conv0.weight.grad is not None and D.b16.conv0.weight.grad.abs().sum() > 0
+    ws = G.mapping(torch.randn(4, 16)).detach().requires_grad_(True)  # path length
+    img = G.synthesis(ws)
+    (gw,) = torch.autograd.grad((img * torch.randn_like(img)).sum(), ws, create_graph=True)
+    gw.square().sum().backward()
+    assert G.synthesis.b16.conv1.weight.grad.abs().sum() > 0
