@@ -191,6 +191,12 @@ def patch(in_channels: int, resolution: int, depth: int = 4, width: int = 64) ->
         c = width
     layers += [nn.Conv2d(width, width, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, 1, 1),
                MeanOverLocations()]
+    # He init for the LeakyReLU stack: PyTorch's default shrinks activations ~√3× per layer,
+    # and a narrow, deep, averaged stack then sits on a flat start (seen at width 8).
+    for m in layers[:-2]:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, a=0.2, nonlinearity="leaky_relu")
+            nn.init.zeros_(m.bias)
     return GANClassifier(nn.Sequential(*layers), in_channels)
 
 
