@@ -153,6 +153,8 @@ def test_from_config_and_describe_round_trip():
     assert DetectorAugment.from_config(d) == aug
     assert DetectorAugment.from_config(None) == DetectorAugment()
     assert DetectorAugment(generator=_gen(0)) == DetectorAugment()  # RNG is not a setting
+    g = _gen(0)
+    assert DetectorAugment.from_config(cfg, generator=g).generator is g
 
 
 @pytest.mark.parametrize("cfg", [

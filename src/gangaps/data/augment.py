@@ -148,7 +148,8 @@ class DetectorAugment:
                            _range("jpeg_quality", self.jpeg_quality, 1, 100, integer=True))
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> DetectorAugment:
+    def from_config(cls, cfg: Mapping[str, Any] | None,
+                    generator: torch.Generator | None = None) -> DetectorAugment:
         """Build from a config mapping (e.g. YAML); unknown keys are a UserError."""
         cfg = dict(cfg or {})
         known = {f.name for f in fields(cls)} - {"generator"}
@@ -156,7 +157,7 @@ class DetectorAugment:
         if unknown:
             raise UserError(f"unknown augment option(s) {', '.join(unknown)}; "
                             f"known: {', '.join(sorted(known))}")
-        return cls(**cfg)
+        return cls(**cfg, generator=generator)
 
     def describe(self) -> dict[str, Any]:
         """Plain dict of the settings, for logs and run records."""
