@@ -1,0 +1,251 @@
+"""Image datasets (FFHQ-style faces): a folder or zip of images, or a prepared uint8 cache.
+
+`prepare_data` decodes every image once (RGB forced, centre crop to square, resize with a
+named PIL filter, as NVIDIA's dataset_tool does for FFHQ) and writes one safetensors file of
+uint8 [N, C, R, R] plus a JSON summary; unreadable files are listed and skipped, never fatal.
+`load_image_dataset` reads such a cache (fast) or, failing that, decodes a folder or zip on
+the fly with the same pipeline (slow: every run pays the decoding).
+
+Images are ordered by their relative path, so the same files give the same tensor (and the
+same held-out split) on every machine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from gangaps.errors import UserError
+from gangaps.io import atomic_write_json
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+FILTERS = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+}
+_META_KEY = "gangaps_images"
+_TENSOR_KEY = "images"
+_CHUNK = 256  # images decoded per batch of worker tasks (bounds memory held as raw bytes)
+
+
+def cache_name(resolution: int) -> str:
+    """File name of a prepared cache inside a destination folder."""
+    return f"images-{resolution}.safetensors"
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _list_source(src: Path) -> tuple[list[str], Callable[[str], bytes], Callable[[], None]]:
+    """Image names (sorted relative paths), a reader of one name's bytes, and a closer."""
+    if src.is_dir():
+        names = sorted(p.relative_to(src).as_posix() for p in src.rglob("*")
+                       if p.is_file() and _is_image(p.name))
+        return names, lambda n: (src / n).read_bytes(), lambda: None
+    if zipfile.is_zipfile(src):
+        zf = zipfile.ZipFile(src)
+        names = sorted(i.filename for i in zf.infolist()
+                       if not i.is_dir() and _is_image(i.filename)
+                       and not i.filename.startswith("__MACOSX/"))
+        return names, zf.read, zf.close
+    raise UserError(f"{src}: not a folder, zip or prepared .safetensors cache of images")
+
+
+def _decode(data: bytes, resolution: int, center_crop: bool, resample: Image.Resampling,
+            channels: int) -> np.ndarray:
+    """bytes -> uint8 [R, R, C]. Raises on unreadable or truncated images."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()  # decode fully now: truncated files fail here, not later
+        im = ImageOps.exif_transpose(im)  # phone photos: respect the stored orientation
+        im = im.convert("RGB")  # palette, gray, CMYK, alpha: one colour model for all
+    if center_crop and im.width != im.height:
+        s = min(im.width, im.height)
+        left, top = (im.width - s) // 2, (im.height - s) // 2
+        im = im.crop((left, top, left + s, top + s))
+    if im.size != (resolution, resolution):
+        im = im.resize((resolution, resolution), resample)
+    if channels == 1:
+        im = im.convert("L")
+    arr = np.array(im, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _decode_all(src: Path, resolution: int, channels: int, center_crop: bool,
+                resize_filter: str, progress: bool
+                ) -> tuple[torch.Tensor, int, list[dict[str, str]]]:
+    """Decode every image of a folder/zip: (uint8 [N, C, R, R], images found, skipped)."""
+    if resize_filter not in FILTERS:
+        raise UserError(f"resize_filter={resize_filter!r}; known: {', '.join(FILTERS)}")
+    names, read, close = _list_source(src)
+    if not names:
+        close()
+        raise UserError(f"{src}: no images found ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    resample = FILTERS[resize_filter]
+    out = torch.empty(len(names), channels, resolution, resolution, dtype=torch.uint8)
+    skipped: list[dict[str, str]] = []
+    n_ok = 0
+
+    def work(item: tuple[str, bytes | Exception]) -> np.ndarray | Exception:
+        name, data = item
+        if isinstance(data, Exception):
+            return data
+        try:
+            return _decode(data, resolution, center_crop, resample, channels)
+        except Exception as e:  # any decoder failure means "skip this file", never a crash
+            return e
+
+    def chunks() -> Iterator[list[tuple[str, bytes | Exception]]]:
+        for i in range(0, len(names), _CHUNK):
+            batch: list[tuple[str, bytes | Exception]] = []
+            for name in names[i:i + _CHUNK]:
+                try:
+                    batch.append((name, read(name)))
+                except Exception as e:  # unreadable file or damaged zip member
+                    batch.append((name, e))
+            yield batch
+
+    # PIL releases the GIL while decoding and resizing, so threads use every core.
+    workers = max(1, min(8, os.cpu_count() or 1))
+    bar = tqdm(total=len(names), desc=f"images {src.name}", unit="img", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for batch in chunks():
+                for (name, _), res in zip(batch, pool.map(work, batch), strict=True):
+                    if isinstance(res, Exception):
+                        msg = str(res).splitlines()[0] if str(res) else type(res).__name__
+                        skipped.append({"name": name, "error": msg})
+                    else:
+                        out[n_ok] = torch.from_numpy(res).permute(2, 0, 1)
+                        n_ok += 1
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        close()
+    return out[:n_ok].clone() if n_ok < len(names) else out, len(names), skipped
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _write_cache(path: Path, images: torch.Tensor, meta: dict[str, Any]) -> None:
+    """safetensors written to a temporary name in the same folder, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({_TENSOR_KEY: images.contiguous()}, tmp, metadata={_META_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_cache_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a prepared cache (raises UserError if `path` is not one)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        raise UserError(f"{path}: not a readable safetensors file") from None
+    if _META_KEY not in meta:
+        raise UserError(f"{path}: not an image cache written by gangaps prepare-data")
+    return json.loads(meta[_META_KEY])
+
+
+def _load_cache(path: Path, resolution: int, channels: int) -> torch.Tensor:
+    meta = read_cache_meta(path)
+    if meta["resolution"] != resolution or meta["channels"] != channels:
+        raise UserError(f"{path}: prepared at {meta['resolution']} px × {meta['channels']} "
+                        f"channels, but data.resolution={resolution} data.channels={channels}; "
+                        "prepare it again or change the config")
+    images = load_file(str(path))[_TENSOR_KEY]
+    if images.dtype != torch.uint8 or images.ndim != 4 or \
+            tuple(images.shape[1:]) != (channels, resolution, resolution):
+        raise UserError(f"{path}: image tensor has unexpected shape {list(images.shape)} / "
+                        f"dtype {images.dtype}")
+    return images
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def load_image_dataset(path: str | Path | None, resolution: int, channels: int) -> torch.Tensor:
+    """uint8 [N, C, R, R] from a prepared cache (a .safetensors file, or a folder holding
+    `images-R.safetensors`) or else from a folder (recursive) or zip of images."""
+    if path is None:
+        raise UserError("data.path is required for data.dataset=images "
+                        "(e.g. data.path=/data/ffhq: a folder, zip or prepared cache)")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"data.path not found: {p}")
+    if p.is_file() and p.suffix == ".safetensors":
+        return _load_cache(p, resolution, channels)
+    if p.is_dir() and (p / cache_name(resolution)).is_file():
+        return _load_cache(p / cache_name(resolution), resolution, channels)
+    images, found, skipped = _decode_all(p, resolution, channels, center_crop=True,
+                                         resize_filter="lanczos", progress=False)
+    if not len(images):
+        raise UserError(f"{p}: none of the {found} image files could be decoded")
+    if skipped:
+        warnings.warn(f"{p}: skipped {len(skipped)} unreadable image(s), e.g. "
+                      f"{skipped[0]['name']} ({skipped[0]['error']})", stacklevel=2)
+    return images
+
+
+def prepare_data(src: str | Path, dst: str | Path, resolution: int, center_crop: bool = True,
+                 resize_filter: str = "lanczos", channels: int = 3,
+                 progress: bool = True) -> dict[str, Any]:
+    """Decode a folder (recursive) or zip of images of any size into a uint8 cache.
+
+    dst: a `.safetensors` file, or a folder (the cache is then `dst/images-R.safetensors`).
+    Writes the cache and a JSON summary beside it (same name, `.json`), both atomically, and
+    returns the summary: counts found/written/skipped and the skipped files with reasons.
+    """
+    if channels not in (1, 3):
+        raise UserError(f"channels must be 1 or 3, got {channels}")
+    if resolution < 1:
+        raise UserError(f"resolution must be positive, got {resolution}")
+    src_p, dst_p = Path(src).expanduser(), Path(dst).expanduser()
+    if not src_p.exists():
+        raise UserError(f"source not found: {src_p}")
+    cache = dst_p if dst_p.suffix == ".safetensors" else dst_p / cache_name(resolution)
+    t0 = time.perf_counter()
+    images, found, skipped = _decode_all(src_p, resolution, channels, center_crop,
+                                         resize_filter, progress)
+    if not len(images):
+        raise UserError(f"{src_p}: none of the {found} image files could be decoded "
+                        f"(first error: {skipped[0]['name']}: {skipped[0]['error']})")
+    summary: dict[str, Any] = {
+        "source": str(src_p), "cache": str(cache), "resolution": resolution,
+        "channels": channels, "center_crop": center_crop, "resize_filter": resize_filter,
+        "found": found, "written": len(images), "skipped": len(skipped),
+        "skipped_files": skipped, "seconds": round(time.perf_counter() - t0, 2),
+    }
+    meta = {k: summary[k] for k in ("source", "resolution", "channels", "center_crop",
+                                     "resize_filter", "found", "written", "skipped")}
+    _write_cache(cache, images, meta)
+    atomic_write_json(cache.with_suffix(".json"), summary)
+    return summary
