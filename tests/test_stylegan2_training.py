@@ -1,0 +1,196 @@
+"""StyleGAN2 trained by the one GAN loop on real faces: phases, EMA, fool term, exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gangaps.config import Config, from_dict
+from gangaps.data import to_model_range
+from gangaps.data.images import load_image_dataset
+from gangaps.generators import load_generator
+from gangaps.io import load_state
+from gangaps.models.classifiers import freeze, small_cnn
+from gangaps.train.family import get_family
+from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator
+from gangaps.train.stylegan2_family import StyleGAN2Family
+
+FACES = Path("/work/shared/data/faces_ffhq256_subset/real")
+pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason="shared face images not available")
+
+RES, BATCH = 32, 8
+CPU = torch.device("cpu")
+TINY = {"w_dim": 32, "channel_base": 256, "channel_max": 32, "mapping_layers": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny nets on a shared 2-core machine: one thread is faster and makes runs deterministic.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def faces() -> torch.Tensor:
+    return load_image_dataset(FACES, RES, 3)[:256]
+
+
+def _cfg(steps: int, log_steps: int = 8, ckpt_steps: int = 1000, lam: float = 0.0,
+         **options) -> Config:
+    kimg = lambda s: s * BATCH / 1000  # noqa: E731
+    return from_dict({
+        "experiment": {"fool_lambda": lam},
+        "gan": {"family": "stylegan2", "kimg": kimg(steps), "batch_size": BATCH,
+                "lr": 0.0025, "betas": [0.0, 0.99], "z_dim": 32, "options": {**TINY, **options},
+                "log_kimg": kimg(log_steps), "checkpoint_kimg": kimg(ckpt_steps)},
+    })
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_training_runs_all_phases(faces: torch.Tensor, tmp_path: Path) -> None:
+    cfg = _cfg(steps=32)
+    out = train_generator(GeneratorJob(tmp_path, seed=1), cfg, faces, CPU, progress=False)
+    assert out["steps"] == 32
+    log = _log(tmp_path)
+    assert [r["step"] for r in log] == [8, 16, 24, 32]
+    # Greg every 4 steps: in every 8-step window; Dreg every 16: steps 0 and 16 only.
+    assert all("pl_penalty" in r and "pl_mean" in r for r in log)
+    assert ["r1_penalty" in r for r in log] == [True, False, True, False]
+    for r in log:
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in r.items() if isinstance(v, float))
+    # D learns to tell reals from fakes; G's loss rises as it does; pl_mean tracks lengths.
+    assert log[-1]["loss_D"] < log[0]["loss_D"] - 0.05
+    assert log[-1]["D_real"] - log[-1]["D_fake"] > log[0]["D_real"] - log[0]["D_fake"]
+    assert log[-1]["pl_mean"] > log[0]["pl_mean"] > 0
+    assert log[0]["augment_p"] == 1.0  # DiffAugment: every op, every image
+
+    state = load_state(tmp_path / CHECKPOINT)
+    nets = state["nets"]
+    g = {k[2:]: v for k, v in nets.items() if k.startswith("G.")}
+    g_ema = {k[6:]: v for k, v in nets.items() if k.startswith("G_ema.")}
+    assert g.keys() == g_ema.keys()
+    trainable = [k for k in g if "weight" in k or "bias" in k]
+    assert any(not torch.equal(g[k], g_ema[k]) for k in trainable)  # EMA lags G
+    assert torch.equal(g["mapping.w_avg"], g_ema["mapping.w_avg"])  # buffers copied
+    assert g["mapping.w_avg"].abs().sum() > 0  # w_avg tracked during training
+    assert nets["loss_state.pl_mean"] > 0
+    # Lazy regularisation: Adam hyper-parameters scaled by c = I / (I + 1).
+    for k, interval in (("G", 4), ("D", 16)):
+        c = interval / (interval + 1)
+        group = state["opts"][k]["param_groups"][0]
+        assert group["lr"] == pytest.approx(0.0025 * c)
+        assert tuple(group["betas"]) == pytest.approx((0.0, 0.99 ** c))
+
+    # The sampler is G_ema, loadable on its own as a frozen generator.
+    G = load_generator(tmp_path / CHECKPOINT)
+    assert torch.equal(G.mapping.fc0.weight, g_ema["mapping.fc0.weight"])
+    imgs = G(torch.randn(4, 32))
+    assert imgs.shape == (4, 3, RES, RES) and torch.isfinite(imgs).all()
+
+
+def test_phases_and_options() -> None:
+    fam = StyleGAN2Family()
+    cfg = _cfg(steps=1)
+    assert [(p.name, p.opt, p.interval, p.fool) for p in fam.phases(cfg.gan)] == [
+        ("Gmain", "G", 1, True), ("Greg", "G", 4, False), ("Dmain", "D", 1, False),
+        ("Dreg", "D", 16, False)]
+    nets = get_family("stylegan2").build(cfg.gan, 3, RES)
+    assert set(nets) == {"G", "D", "G_ema", "augment", "loss_state"}
+    # Without regularisation, no lazy phases and plain Adam settings.
+    cfg0 = _cfg(steps=1, r1_gamma=0, pl_weight=0)
+    fam0 = StyleGAN2Family()
+    nets0 = fam0.build(cfg0.gan, 3, RES)
+    assert [p.name for p in fam0.phases(cfg0.gan)] == ["Gmain", "Dmain"]
+    assert fam0.optimizers(cfg0.gan, nets0)["D"].param_groups[0]["lr"] == 0.0025
+    from gangaps.errors import UserError
+    with pytest.raises(UserError, match="augment"):
+        StyleGAN2Family().build(_cfg(steps=1, augment="fancy").gan, 3, RES)
+    with pytest.raises(UserError, match="power-of-two"):
+        StyleGAN2Family().build(cfg.gan, 3, 24)
+
+
+def test_kill_and_resume_is_exact(faces: torch.Tensor, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # ADA-lite with a target every real logit beats: p rises by 8·4/1000 every 4 steps, so
+    # its state matters and must come back from the checkpoint.
+    cfg = _cfg(steps=20, ckpt_steps=8, augment="ada", ada_target=-1.0, ada_kimg=1.0)
+    train_generator(GeneratorJob(tmp_path / "whole", seed=3), cfg, faces, CPU, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    real_end_step = StyleGAN2Family.end_step
+
+    def dying_end_step(self, nets, step, batch_size):
+        real_end_step(self, nets, step, batch_size)
+        if step == 12:  # after the checkpoint at step 8, with 4 more steps of state in memory
+            raise Killed
+
+    monkeypatch.setattr(StyleGAN2Family, "end_step", dying_end_step)
+    with pytest.raises(Killed):
+        train_generator(GeneratorJob(tmp_path / "split", seed=3), cfg, faces, CPU,
+                        progress=False)
+    assert load_state(tmp_path / "split" / CHECKPOINT)["step"] == 8
+    monkeypatch.setattr(StyleGAN2Family, "end_step", real_end_step)
+    train_generator(GeneratorJob(tmp_path / "split", seed=3), cfg, faces, CPU, progress=False)
+
+    whole = load_state(tmp_path / "whole" / CHECKPOINT)
+    split = load_state(tmp_path / "split" / CHECKPOINT)
+    assert whole["step"] == split["step"] == 20
+    assert whole["nets"]["augment.p"].item() == pytest.approx(5 * 8 * 4 / 1000)
+    assert whole["nets"].keys() == split["nets"].keys()
+    for k, v in whole["nets"].items():
+        assert torch.equal(v, split["nets"][k]), k  # G_ema, G, D, p, pl_mean: bit-identical
+
+
+def _fool_loss(run: Path, clf: torch.nn.Module) -> float:
+    G = load_generator(run / CHECKPOINT)
+    torch.manual_seed(123)  # same latents and noise for both runs
+    with torch.no_grad():
+        return F.softplus(-clf(G(torch.randn(64, 32)))).mean().item()
+
+
+def _trained_classifier(faces: torch.Tensor) -> torch.nn.Module:
+    """A real GAN-classifier: small_cnn taught reals vs samples of an untrained StyleGAN2."""
+    torch.manual_seed(0)
+    G = StyleGAN2Family().build(_cfg(steps=1).gan, 3, RES)["G"]
+    with torch.no_grad():
+        fakes = G(torch.randn(len(faces), 32)).clamp(-1, 1)
+    x = torch.cat([to_model_range(faces), fakes])
+    y = torch.cat([torch.ones(len(faces)), torch.zeros(len(fakes))])
+    clf = small_cnn(3, RES, width=8)
+    opt = torch.optim.Adam(clf.parameters(), lr=3e-3)
+    for _ in range(60):
+        idx = torch.randint(0, len(x), (32,))
+        loss = F.binary_cross_entropy_with_logits(clf(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    clf.zero_grad(set_to_none=True)
+    return freeze(clf)
+
+
+def test_fool_term_lowers_classifier_loss(faces: torch.Tensor, tmp_path: Path) -> None:
+    clf = _trained_classifier(faces)
+    runs = {}
+    for lam in (0.0, 5.0):
+        run = tmp_path / f"lam{lam}"
+        job = GeneratorJob(run, seed=5, fool_classifiers=[clf])
+        train_generator(job, _cfg(steps=16, lam=lam), faces, CPU, progress=False)
+        runs[lam] = run
+    log = _log(runs[5.0])
+    assert "loss_fool" in log[0] and log[-1]["loss_fool"] < log[0]["loss_fool"]
+    assert "loss_fool" not in _log(runs[0.0])[0]
+    assert all(p.grad is None for p in clf.parameters())  # the classifier stays frozen
+    fooled, plain = _fool_loss(runs[5.0], clf), _fool_loss(runs[0.0], clf)
+    assert plain > 1.0  # without the fool term the classifier still spots G_ema's samples
+    assert fooled < 0.5 * plain  # λ·L_fool in Gmain moved G (and so G_ema) towards "real"
