@@ -194,3 +194,18 @@ def test_fool_term_lowers_classifier_loss(faces: torch.Tensor, tmp_path: Path) -
     fooled, plain = _fool_loss(runs[5.0], clf), _fool_loss(runs[0.0], clf)
     assert plain > 1.0  # without the fool term the classifier still spots G_ema's samples
     assert fooled < 0.5 * plain  # λ·L_fool in Gmain moved G (and so G_ema) towards "real"
+
+
+@pytest.mark.parametrize("res,batch", [(64, 32), (128, 32), (256, 16)])
+def test_ffhq_configs(res: int, batch: int) -> None:
+    from gangaps.config import load_config
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / f"ffhq-stylegan2-{res}.yaml", ["data.path=/my/ffhq"])
+    assert (cfg.data.dataset, cfg.data.resolution, cfg.data.channels) == ("images", res, 3)
+    assert cfg.gan.family == "stylegan2" and cfg.gan.batch_size == batch
+    opts = StyleGAN2Family().resolve_options(cfg.gan)  # every key known, every value valid
+    assert opts["r1_gamma"] == pytest.approx(0.0002 * res**2 / batch)  # NVIDIA auto formula
+    assert opts["ema_kimg"] == pytest.approx(batch * 10 / 32)
+    assert (opts["channel_base"], opts["channel_max"], opts["mapping_layers"]) == (16384, 512, 2)
+    assert cfg.evaluation.fid == "inception" and cfg.evaluation.inception_weights is None
+    assert [s.role for s in cfg.classifiers if s.arch == "resnet18"] == ["target", "heldout"]
