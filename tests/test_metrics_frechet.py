@@ -8,7 +8,12 @@ import scipy.linalg
 import torch
 
 from gangaps.io import load_state, save_state
-from gangaps.metrics.frechet import FeatureStats, fid_from_stats, frechet_distance
+from gangaps.metrics.frechet import (
+    FeatureStats,
+    fid_from_stats,
+    frechet_distance,
+    frechet_distance_features,
+)
 
 
 def _reference(mu1, s1, mu2, s2) -> float:
@@ -127,3 +132,15 @@ def test_feature_stats_errors() -> None:
         st.update(np.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         FeatureStats().update(np.zeros(3))
+
+
+@pytest.mark.parametrize(("n1", "n2", "d"), [(20, 30, 64), (5, 5, 128), (40, 50, 16)])
+def test_distance_from_features_matches_stats_route(n1: int, n2: int, d: int) -> None:
+    """The low-rank (N < D) shortcut and the full-rank route agree with the scipy formula."""
+    rng = np.random.default_rng(n1 + d)
+    a = rng.normal(size=(n1, d)) @ rng.normal(size=(d, d)) * 0.3
+    b = rng.normal(size=(n2, d)) + 0.2
+    ref = _reference(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    got = frechet_distance_features(a, torch.tensor(b))
+    assert got == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance_features(a, a) == pytest.approx(0.0, abs=1e-8 * ref)

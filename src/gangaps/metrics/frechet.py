@@ -132,3 +132,28 @@ def frechet_distance(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array) -> fl
 def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:
     """Fréchet distance between two accumulated feature distributions."""
     return frechet_distance(*a.mean_cov(), *b.mean_cov())
+
+
+def frechet_distance_features(x1: Array, x2: Array) -> float:
+    """Fréchet distance between Gaussians fitted (mean, np.cov) to feature sets [N1, D], [N2, D].
+
+    With fewer samples than dimensions the covariances have rank < N, and the trace term is
+    computed exactly from the N1 x N2 cross matrix of centred features A, B instead of D x D
+    products: the nonzero eigenvalues of S1 S2 are those of (A B^T)(A B^T)^T / c, so
+    tr((S1 S2)^{1/2}) = nuclear_norm(A B^T) / sqrt(c), c = (N1 - 1)(N2 - 1).
+    """
+    a = torch.as_tensor(x1).detach().to("cpu", torch.float64)
+    b = torch.as_tensor(x2).detach().to("cpu", torch.float64)
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need two [N>=2, D] feature sets, got {tuple(a.shape)}, {tuple(b.shape)}")
+    n1, n2, d = a.shape[0], b.shape[0], a.shape[1]
+    if max(n1, n2) >= d:  # full-rank regime: D x D is the small side
+        return frechet_distance(a.mean(0), torch.cov(a.T).reshape(d, d),
+                                b.mean(0), torch.cov(b.T).reshape(d, d))
+    mu1, mu2 = a.mean(0), b.mean(0)
+    ac, bc = a - mu1, b - mu2
+    tr1 = ac.pow(2).sum() / (n1 - 1)
+    tr2 = bc.pow(2).sum() / (n2 - 1)
+    tr_covmean = torch.linalg.svdvals(ac @ bc.T).sum() / ((n1 - 1) * (n2 - 1)) ** 0.5
+    diff = mu1 - mu2
+    return max(float(diff.dot(diff) + tr1 + tr2 - 2 * tr_covmean), 0.0)
