@@ -209,3 +209,46 @@ def test_ffhq_configs(res: int, batch: int) -> None:
     assert (opts["channel_base"], opts["channel_max"], opts["mapping_layers"]) == (16384, 512, 2)
     assert cfg.evaluation.fid == "inception" and cfg.evaluation.inception_weights is None
     assert [s.role for s in cfg.classifiers if s.arch == "resnet18"] == ["target", "heldout"]
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from gangaps.train import distributed as ddp
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        # Gradient averaging before the step: rank r's gradient is r + 1 everywhere.
+        lin = torch.nn.Linear(3, 2)
+        ddp.broadcast_module(lin)
+        opt = torch.optim.SGD(lin.parameters(), lr=1.0)
+        ddp.average_gradients_before_step(opt)
+        before = lin.weight.detach().clone()
+        for p in lin.parameters():
+            p.grad = torch.full_like(p, rank + 1.0)
+        opt.step()
+        assert torch.allclose(lin.weight, before - (world + 1) / 2), "gradients not averaged"
+        # A tiny StyleGAN2 job per rank: own seed and data shard, one set of weights.
+        seed, batch = ddp.rank_job_settings(7, 8)
+        faces = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+        cfg = from_dict({"gan": {"family": "stylegan2", "kimg": 4 * batch / 1000,
+                                 "batch_size": batch, "z_dim": 32, "lr": 0.0025,
+                                 "options": TINY}})
+        job = GeneratorJob(Path(out) / f"rank{rank}", seed=seed)
+        train_generator(job, cfg, ddp.shard(faces), CPU, progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_ranks_stay_identical(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    a = load_state(tmp_path / "rank0" / CHECKPOINT)["nets"]
+    b = load_state(tmp_path / "rank1" / CHECKPOINT)["nets"]
+    for k in a:
+        # w_avg is each rank's running mean of its own w's (as in NVIDIA's multi-GPU runs).
+        if k.startswith(("G.", "D.", "G_ema.")) and not k.endswith("w_avg"):
+            assert torch.equal(a[k], b[k]), k  # averaged gradients: same weights everywhere
+    # ...while each rank drew its own latents: the per-rank path-length means differ.
+    assert not torch.equal(a["loss_state.pl_mean"], b["loss_state.pl_mean"])

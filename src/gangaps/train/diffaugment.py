@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gangaps.errors import UserError
+from gangaps.train.distributed import all_reduce_sum
 
 MODES = ("diffaugment", "ada", "none")
 OPS = ("color", "translation", "cutout")
@@ -147,10 +148,13 @@ class AugmentPipe(nn.Module):
 
     @torch.no_grad()
     def update(self, step: int, batch_size: int) -> None:
-        """ADA heuristic after step `step` (0-based): every `ada_interval` steps, move p by
-        sign(r_t - target) · (images since last update) / (ada_kimg · 1000), clamped to [0, 1]."""
+        """ADA heuristic after step `step` (0-based; batch_size over all ranks): every
+        `ada_interval` steps, move p by sign(r_t - target) · (images since the last update)
+        / (ada_kimg · 1000), clamped to [0, 1]."""
         if self.mode != "ada" or (step + 1) % self.ada_interval:
             return
+        all_reduce_sum(self.ada_sum)  # multi-GPU: statistics of every rank's reals
+        all_reduce_sum(self.ada_count)
         rt = self.ada_sum / self.ada_count.clamp(min=1)
         adjust = torch.sign(rt - self.ada_target) * (batch_size * self.ada_interval) \
             / (self.ada_kimg * 1000)

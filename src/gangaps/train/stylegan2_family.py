@@ -31,6 +31,7 @@ from torch import nn
 from gangaps.config import GANConfig
 from gangaps.errors import UserError
 from gangaps.models.stylegan2 import Discriminator, Generator
+from gangaps.train import distributed as ddp
 from gangaps.train.diffaugment import MODES, AugmentPipe, parse_policy
 from gangaps.train.family import GANFamily, Phase, PhaseResult
 
@@ -145,6 +146,8 @@ class StyleGAN2Family(GANFamily):
             c = self._lazy(k)
             opts[k] = torch.optim.Adam(nets[k].parameters(), lr=cfg.lr * c,
                                        betas=(cfg.betas[0] ** c, cfg.betas[1] ** c), eps=1e-8)
+            ddp.average_gradients_before_step(opts[k])  # no-op without a process group
+        ddp.broadcast_module(nets)  # multi-GPU: every rank starts from rank 0's weights
         return opts
 
     def phases(self, cfg: GANConfig) -> list[Phase]:
@@ -260,6 +263,7 @@ class StyleGAN2Family(GANFamily):
 
     @torch.no_grad()
     def end_step(self, nets: nn.ModuleDict, step: int, batch_size: int) -> None:
+        batch_size *= ddp.world_size()  # EMA and ADA count images over all ranks, as NVIDIA
         ema_nimg = self._ema_kimg * 1000
         if self._o["ema_rampup"] is not None:
             ema_nimg = min(ema_nimg, step * batch_size * self._o["ema_rampup"])
