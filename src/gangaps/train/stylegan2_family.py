@@ -195,7 +195,8 @@ class StyleGAN2Family(GANFamily):
         return self._images(G.synthesis(ws)), ws
 
     def _run_D(self, nets: nn.ModuleDict, img: torch.Tensor) -> torch.Tensor:
-        return nets["D"](nets["augment"](img)).squeeze(1)
+        # float32 logits: under bf16 autocast D's last layer would round them to 8 bits.
+        return nets["D"](nets["augment"](img)).squeeze(1).float()
 
     def _real(self, real: torch.Tensor) -> torch.Tensor:
         if self._o["xflip"]:  # NVIDIA's --mirror: each real image flipped with probability 1/2
