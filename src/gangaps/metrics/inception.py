@@ -99,7 +99,8 @@ class _Source:
     def batches(self) -> Iterator[torch.Tensor]:
         if isinstance(self.src, torch.Tensor):
             for i in range(0, len(self.src), self.batch_size):
-                yield to_uint8_rgb(self.src[i : i + self.batch_size])
+                # via CPU: fingerprints hash numpy bytes, and the extractor moves batches itself
+                yield to_uint8_rgb(self.src[i : i + self.batch_size].detach().cpu())
         elif isinstance(self.src, (str, Path)):
             for i in range(0, len(self.files), self.batch_size):
                 # as torch-fidelity's ImagesPathDataset: PIL -> RGB -> uint8 CHW
