@@ -141,8 +141,8 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
         raise UserError(f"override {dotted}: cannot set {leaf!r} here")
 
 
-def parse_overrides(items: list[str]) -> dict:
-    tree: dict = {}
+def apply_overrides(tree: dict, items: list[str]) -> dict:
+    """Set each dotted `key=value` (values parsed as YAML) in `tree`; list items by index."""
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -195,7 +195,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(tree, dict):
             raise UserError(f"{path}: expected a mapping at the top level")
-    return from_dict(_merge(tree, parse_overrides(list(overrides))))
+    # start from the defaults so overrides can reach into default lists (classifiers.0.seeds)
+    tree = _merge(Config().model_dump(mode="json"), tree)
+    return from_dict(apply_overrides(tree, list(overrides)))
 
 
 def to_yaml(cfg: Config) -> str:

@@ -27,7 +27,15 @@ from gangaps.experiment.plan import (
 from gangaps.experiment.store import RunStore
 from gangaps.generators import generate, load_generator
 from gangaps.io import atomic_write_json
-from gangaps.train.classifier import FINAL, classify, load_classifier, train_classifier
+from gangaps.models.classifiers import build_classifier
+from gangaps.train.classifier import (
+    FINAL,
+    classify,
+    load_classifier,
+    make_augment,
+    train_classifier,
+)
+from gangaps.train.family import get_family
 from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator
 
 
@@ -46,6 +54,10 @@ def open_run(cfg: Config, out: str | Path) -> tuple[RunStore, RealData]:
         raise UserError(f"experiment.reuse_iteration0: {store.shared_iteration0} has no iter_00")
     real = load_real(cfg.data)
     resolve_device(cfg.device)
+    get_family(cfg.gan.family).build(cfg.gan, real.channels, real.resolution)  # options valid?
+    for spec in cfg.classifiers:
+        build_classifier(spec.arch, real.channels, real.resolution, **spec.options)
+    make_augment(cfg.classifier_training.augment)
     store.check_or_write_config(cfg)
     return store, real
 
@@ -54,6 +66,7 @@ class Runner:
     def __init__(self, cfg: Config, out: str | Path, progress: bool = True) -> None:
         self.cfg = cfg
         self.store, self.real = open_run(cfg, out)
+        self.real.eval_real = self.real.eval_real[:cfg.evaluation.n_real]
         self.device = resolve_device(cfg.device)
         self.progress = progress
         self._quality: QualityMeter | None = None

@@ -1,1 +1,100 @@
-"""report."""
+"""The run report: results.json (long format) plus a self-contained index.html with figures."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import gangaps
+from gangaps.experiment.plan import generator_specs
+from gangaps.experiment.store import RunStore
+from gangaps.io import atomic_write_text
+from gangaps.report import figures, tables
+from gangaps.report.results import write_results
+
+
+def _fmt(ms: tuple[float, float, int] | None, digits: int = 3) -> str:
+    if ms is None or math.isnan(ms[0]):
+        return "–"
+    m, s, n = ms
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
+
+
+def _img(path: Path | None, caption: str) -> str:
+    if path is None or not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)} (<code>figures/{path.name}</code>)</figcaption></figure>")
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write report/results.json, report/figures/*.png and report/index.html; return the HTML."""
+    store = RunStore(run_dir)
+    cfg = store.load_config()
+    store = RunStore(run_dir, cfg.experiment.reuse_iteration0)
+    results = write_results(store)
+    records = results["records"]
+    K = cfg.experiment.iterations
+    fig_dir = store.report_dir / "figures"
+
+    table = tables.iteration_table(records, K)
+    matrices = {"all classifiers": tables.cross_iteration_matrix(records, K),
+                "target classifiers": tables.cross_iteration_matrix(records, K, "target"),
+                "held-out classifiers": tables.cross_iteration_matrix(records, K, "heldout")}
+    logs, grids = {}, {}
+    for k in range(K):
+        dirs = [store.generator_dir(k, g.instance) for g in generator_specs(cfg, k)]
+        logs[k] = [figures.read_jsonl(d / "log.jsonl") for d in dirs]
+        grids[k] = [d / "samples.png" for d in dirs]
+    figs = [
+        (figures.fid_by_iteration(records, K, fig_dir / "fid.png"), "FID per generator instance"),
+        (figures.fooling(table, fig_dir / "fooling.png"), "Held-out detection and fooling"),
+        (figures.cross_iteration(matrices, fig_dir / "cross_iteration.png"),
+         "Cross-iteration matrix A[i][j]: accuracy of C_i on held-out G_j"),
+        (figures.architecture(*tables.architecture_matrix(records, K),
+                              fig_dir / "architecture.png"), "Architecture transfer (R4)"),
+        (figures.samples(grids, fig_dir / "samples.png"), "Samples, one grid per instance"),
+        (figures.training_curves(logs, fig_dir / "curves.png"), "Generator training curves"),
+    ]
+
+    fid_name = tables.fid_metric(records) or "FID"
+    head = ["iteration", f"{fid_name} (mean ± std)", "C_k target on held-out G_k (H1)",
+            "C_k held-out on held-out G_k (H1)", "C_{k-1} targeted on G_k (fooling)",
+            "C_{k-1} held out on G_k (H2)"]
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{c}</td>" for c in (
+            r["iteration"], _fmt(r.get("fid"), 2), _fmt(r["h1_target"]), _fmt(r["h1_heldout"]),
+            _fmt(r.get("prev_target")), _fmt(r.get("prev_heldout")))) + "</tr>"
+        for r in table)
+    e = cfg.experiment
+    summary = (f"{K} iterations × {e.instances} generator instances ({e.heldout_instances} held "
+               f"out) · gan {cfg.gan.family}, {cfg.gan.kimg:g} kimg · fool_mode {e.fool_mode}, "
+               f"λ={e.fool_lambda:g} · classifiers: "
+               + ", ".join(f"{c.arch}×{len(c.seeds)} ({c.role})" for c in cfg.classifiers))
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>gangaps report: {html.escape(cfg.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;
+text-align:right}}th{{background:#f4f4f4}}figure{{display:inline-block;margin:0.5em;
+vertical-align:top}}img{{max-width:100%}}figcaption{{font-size:0.85em;color:#555}}</style>
+</head><body>
+<h1>gangaps report: {html.escape(cfg.name)}</h1>
+<p>{html.escape(summary)}</p>
+<p>Accuracy is balanced accuracy at logit 0 over {cfg.evaluation.n_real} held-out real images
+and {cfg.evaluation.n_fake} samples per generator; 0.5 is chance. H1: do classifiers trained on
+some instances detect independently trained held-out instances? H2: after training against
+C_{{k-1}}, are held-out classifiers of that iteration fooled too?</p>
+<h2>Per iteration</h2>
+<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>{rows}</table>
+<h2>Figures</h2>
+{"".join(_img(p, c) for p, c in figs)}
+<p style="font-size:0.8em;color:#777">gangaps {gangaps.__version__} · every number is in
+<code>results.json</code> ({len(records)} records) · config in <code>../config.yaml</code></p>
+</body></html>
+"""
+    out = store.report_dir / "index.html"
+    atomic_write_text(out, page)
+    return out

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from gangaps.config import ClassifierTrainingConfig
 from gangaps.data import to_model_range
+from gangaps.data.augment import DetectorAugment
 from gangaps.data.sampler import EpochSampler
 from gangaps.generators import generate, load_generator
 from gangaps.io import append_jsonl, load_state, rng_state, save_state, set_rng_state
@@ -27,11 +28,11 @@ CHECKPOINT = "checkpoint.safetensors"
 FINAL = "classifier.safetensors"
 
 
-def _make_augment(options: dict, seed: int):
+def make_augment(options: dict, seed: int = 0) -> DetectorAugment | None:
+    """The detector augmentation of `classifier_training.augment` (None when empty)."""
     if not options:
         return None
-    from gangaps.data.augment import DetectorAugment
-    return DetectorAugment(**options, generator=torch.Generator().manual_seed(seed))
+    return DetectorAugment.from_config(options, generator=torch.Generator().manual_seed(seed))
 
 
 def _split(images: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +71,7 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, betas=(0.9, 0.999))
     real_sampler = EpochSampler(len(real_tr), half, seed)
     fake_sampler = EpochSampler(len(fake_tr), half, seed + 7)
-    augment = _make_augment(tcfg.augment, seed)
+    augment = make_augment(tcfg.augment, seed)
     epoch, best_acc, best_epoch, bad_epochs = 0, -1.0, -1, 0
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     ckpt = out_dir / CHECKPOINT

@@ -1,0 +1,146 @@
+"""`gangaps`: one command, one subcommand per task. Bad input: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from gangaps.errors import UserError
+
+EPILOG = "Config overrides are dotted key=value pairs, e.g. gan.lr=2e-4 experiment.fool_mode=memoryless"
+
+
+def _config(path: str | None, overrides: list[str], data_root: str | None):
+    from gangaps.config import load_config
+    if data_root:
+        overrides = [f"data.path={data_root}", *overrides]
+    return load_config(path, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from gangaps.experiment.runner import Runner
+    cfg = _config(args.config, args.overrides, args.data_root)
+    out = Path(args.out or Path("runs") / cfg.name)
+    if args.dry_run:
+        from gangaps.config import to_yaml
+        print(to_yaml(cfg), end="")
+        return
+    Runner(cfg, out, progress=not args.quiet).run()
+    print(f"report: {out / 'report' / 'index.html'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    demo = resources.files("gangaps") / "configs" / "demo.yaml"
+    with resources.as_file(demo) as path:
+        args.config = str(path)
+        args.out = args.out or "runs/demo"
+        cmd_run(args)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from gangaps.experiment.status import status_text
+    print(status_text(Path(args.run_dir)))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from gangaps.report import build_report
+    print(f"report: {build_report(Path(args.run_dir))}")
+
+
+def cmd_convert_nvidia(args: argparse.Namespace) -> None:
+    from gangaps.models.stylegan2_import import convert_nvidia_files
+    convert_nvidia_files(args.g_state_dict, args.d_state_dict, args.config_json, args.out)
+    print(f"wrote {args.out}")
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from gangaps.data.images import prepare_data
+    summary = prepare_data(args.src, args.dst, args.resolution, center_crop=not args.no_crop,
+                           resize_filter=args.filter, channels=args.channels,
+                           progress=not args.quiet)
+    print(", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (list, dict))))
+
+
+def _add_run_args(p: argparse.ArgumentParser, with_config: bool) -> None:
+    if with_config:
+        p.add_argument("config", help="YAML config (e.g. configs/mnist-dcgan.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.add_argument("--out", help="run directory (default runs/<name>); re-running resumes it")
+    p.add_argument("--data-root", help="folder with the data (MNIST idx files); also "
+                   "$GANGAPS_DATA_ROOT")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gangaps import __version__
+    parser = argparse.ArgumentParser(
+        prog="gangaps", epilog=EPILOG,
+        description="Sequential training of GANs against GAN-classifiers (Pathak & Dufour, "
+                    "CVPR 2023): train generators, train classifiers on a subset of them, train "
+                    "the next generators to fool those classifiers, measure, repeat.")
+    parser.add_argument("--version", action="version", version=f"gangaps {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run (or resume) an experiment from a config", epilog=EPILOG)
+    _add_run_args(p, with_config=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="a complete small experiment on MNIST (minutes on a CPU)",
+                       epilog=EPILOG)
+    _add_run_args(p, with_config=False)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", help="what is done, running and left in a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="(re)build report/index.html and results.json of a run")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("prepare-data", help="turn a folder or zip of images into a training cache")
+    p.add_argument("src", help="folder (searched recursively) or .zip of images")
+    p.add_argument("dst", help="cache file to write")
+    p.add_argument("--resolution", type=int, required=True, help="output side in pixels")
+    p.add_argument("--filter", default="lanczos", choices=["lanczos", "box", "bicubic", "bilinear"],
+                   help="resize filter (box reproduces NVIDIA's FFHQ-256 FIDs)")
+    p.add_argument("--no-crop", action="store_true", help="resize without a center crop")
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3])
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("convert-nvidia", help="NVIDIA stylegan2-ada-pytorch state dicts -> "
+                       "gangaps checkpoint (see docs/stylegan2.md)")
+    p.add_argument("g_state_dict")
+    p.add_argument("d_state_dict")
+    p.add_argument("config_json", help="JSON with z_dim, w_dim, img_resolution, ...")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_convert_nvidia)
+
+    from gangaps.detector_cli import add_detector_commands
+    add_detector_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "data_root", None):
+        os.environ.setdefault("GANGAPS_DATA_ROOT", args.data_root)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"gangaps: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gangaps: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""`gangaps status DIR`: per iteration and job, done / running / interrupted / pending."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gangaps.experiment.plan import classifier_specs, generator_specs
+from gangaps.experiment.store import RunStore
+from gangaps.io import read_json
+
+
+def _job_state(store: RunStore, job_dir: Path, running: bool) -> str:
+    if store.is_done(job_dir):
+        s = store.done_summary(job_dir)
+        return f"done ({s.get('seconds', 0):.0f}s)"
+    if (job_dir / "checkpoint.safetensors").exists():
+        return "running" if running else "interrupted (resumes from checkpoint)"
+    return "pending"
+
+
+def status_text(run_dir: Path) -> str:
+    store = RunStore(run_dir)
+    cfg = store.load_config()
+    store = RunStore(run_dir, cfg.experiment.reuse_iteration0)
+    pid = store.running_pid()
+    lines = [f"run {run_dir} ({cfg.name}): " + (f"running, pid {pid}" if pid else "not running")]
+    total = done = 0
+    for k in range(cfg.experiment.iterations):
+        lines.append(f"iteration {k}:")
+        jobs = [(f"gen_{g.instance:02d} [{g.split}]", store.generator_dir(k, g.instance))
+                for g in generator_specs(cfg, k)]
+        jobs += [(f"{c.clf_id} [{c.role}]", store.classifier_dir(k, c.clf_id))
+                 for c in classifier_specs(cfg, k)]
+        for name, job_dir in jobs:
+            state = _job_state(store, job_dir, pid is not None)
+            if state.startswith("done") and job_dir.name.startswith("clf_"):
+                s = read_json(job_dir / "DONE")
+                state += f", val accuracy {s.get('val_accuracy', float('nan')):.3f}"
+            total += 1
+            done += state.startswith("done")
+            lines.append(f"  {name:<28} {state}")
+        n_eval = len(list((store.root / f"iter_{k:02d}" / "eval").glob("*.json")))
+        lines.append(f"  evaluations of its generators: {n_eval}")
+    report = store.report_dir / "index.html"
+    lines.append(f"{done}/{total} training jobs done; report: "
+                 + (str(report) if report.exists() else "not built yet"))
+    return "\n".join(lines)

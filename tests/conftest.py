@@ -1,0 +1,41 @@
+"""Shared test set-up: real data from ../shared, tiny configs of the real code paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA / "mnist" / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST not found under {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One cache (LeNet, FID statistics) per test session, never the user's."""
+    os.environ.setdefault("GANGAPS_CACHE", str(tmp_path_factory.mktemp("gangaps-cache")))
+
+
+def tiny_overrides(**extra: object) -> list[str]:
+    """A complete experiment at toy size: 2 iterations × 3 instances, seconds per job."""
+    base = {
+        "experiment.iterations": 2, "experiment.instances": 3,
+        "experiment.heldout_instances": 1, "gan.kimg": 2, "gan.batch_size": 32,
+        "gan.lr": 2e-4, "gan.betas": "[0.5,0.999]", "gan.options.width": 0.125,
+        "gan.checkpoint_kimg": 0.5, "gan.log_kimg": 0.25,
+        "classifier_training.n_real": 600, "classifier_training.n_fake": 600,
+        "classifier_training.epochs": 2, "classifier_training.batch_size": 64,
+        "classifier_training.lr": 1e-3, "classifiers.0.options.width": 8,
+        "classifiers.1.options.width": 8,
+        "evaluation.n_fake": 200, "evaluation.n_real": 200, "evaluation.fid": "none",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
