@@ -35,6 +35,16 @@ from gangaps.metrics.inception import (
 N = 8  # images per set
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread for this module: on the shared, oversubscribed 2-core test box,
+    two spinning OpenMP threads made these convolutions ~4x slower than one (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class _RandomInception(FeatureExtractorInceptionV3):
     """torch-fidelity's network, built from an empty state dict instead of its download."""
 

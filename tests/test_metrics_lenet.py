@@ -42,9 +42,19 @@ def _have_mnist() -> bool:
 pytestmark = pytest.mark.skipif(not _have_mnist(), reason=f"MNIST idx files not under {ROOT}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread for this module: on the shared, oversubscribed 2-core test box,
+    two spinning OpenMP threads made these convolutions ~4x slower than one (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def lenet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache dir holding a trained LeNet: trained here once per session, unless the user's
+    """A cache dir holding a trained LeNet: trained here once per run, unless the user's
     cache already has one, which is copied (tests never write to the user's cache)."""
     d = tmp_path_factory.mktemp("lenet_cache")
     user = default_cache_dir()
@@ -58,18 +68,18 @@ def lenet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lenet(lenet_dir: Path) -> LeNet:
     return load_or_train_lenet(lenet_dir, ROOT)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mnist_test() -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = load_mnist("test", ROOT)
     return to_model_range(images), labels
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_stats(lenet: LeNet, lenet_dir: Path):
     return mnist_test_stats(lenet, ROOT, lenet_dir)
 
