@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -108,6 +109,19 @@ def test_env_var_selects_cache_root(lenet_dir: Path, tmp_path: Path,
     assert default_cache_dir() == tmp_path / "lenet"
     shutil.copytree(lenet_dir, tmp_path / "lenet")
     assert load_or_train_lenet(None, ROOT).info["trained"] is False  # found via the env var
+
+
+def test_info_that_does_not_match_the_weights_is_remeasured(lenet_dir: Path, lenet: LeNet,
+                                                             tmp_path: Path) -> None:
+    """A JSON from a racing writer (another network) must not vouch for these weights."""
+    shutil.copytree(lenet_dir, tmp_path / "c")
+    info = json.loads((tmp_path / "c" / INFO_FILE).read_text())
+    (tmp_path / "c" / INFO_FILE).write_text(json.dumps({**info, "hash": "other",
+                                                        "test_accuracy": 0.5}))
+    model = load_or_train_lenet(tmp_path / "c", ROOT)
+    assert model.info["hash"] == lenet.info["hash"]
+    assert model.info["test_accuracy"] == pytest.approx(lenet.info["test_accuracy"])
+    assert json.loads((tmp_path / "c" / INFO_FILE).read_text())["hash"] == lenet.info["hash"]
 
 
 def test_training_is_deterministic_under_a_seed() -> None:
