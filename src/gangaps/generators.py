@@ -28,8 +28,15 @@ def load_generator(checkpoint: str | Path, device: torch.device | str = "cpu") -
 @torch.no_grad()
 def generate(G: nn.Module, n: int, seed: int, batch_size: int = 500,
              device: torch.device | str = "cpu") -> torch.Tensor:
-    """n samples as uint8 [n, C, H, W] (quantized like saved images); same seed, same images."""
+    """n samples as uint8 [n, C, H, W] (quantized like saved images); same seed, same images.
+
+    Latents come from a CPU generator (same images on any device); randomness inside G
+    (StyleGAN2's noise inputs) from the global RNG, seeded here and restored afterwards.
+    """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     z = torch.randn(n, G.z_dim, generator=gen)
-    out = [to_uint8(G(z[i:i + batch_size].to(device))).cpu() for i in range(0, n, batch_size)]
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        out = [to_uint8(G(z[i:i + batch_size].to(device))).cpu() for i in range(0, n, batch_size)]
     return torch.cat(out)

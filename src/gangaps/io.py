@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import load_file, safe_open, save_file
 
 _TENSOR = "__tensor__"
 _ITEMS = "__items__"  # dicts whose keys are not all strings (optimizer state uses int keys)

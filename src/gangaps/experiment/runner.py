@@ -24,7 +24,7 @@ from gangaps.experiment.plan import (
     derive_seed,
     generator_specs,
 )
-from gangaps.experiment.store import RunStore
+from gangaps.experiment.store import RunStore, iteration0_view
 from gangaps.generators import generate, load_generator
 from gangaps.io import atomic_write_json
 from gangaps.models.classifiers import build_classifier
@@ -50,8 +50,13 @@ def resolve_device(name: str) -> torch.device:
 def open_run(cfg: Config, out: str | Path) -> tuple[RunStore, RealData]:
     """Validate everything a run needs (data included) before writing a single file."""
     store = RunStore(out, cfg.experiment.reuse_iteration0)
-    if store.shared_iteration0 is not None and not (store.shared_iteration0 / "iter_00").is_dir():
-        raise UserError(f"experiment.reuse_iteration0: {store.shared_iteration0} has no iter_00")
+    if store.shared_iteration0 is not None:
+        shared = RunStore(store.shared_iteration0).load_config()
+        a, b = iteration0_view(shared), iteration0_view(cfg)
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise UserError(f"experiment.reuse_iteration0: {store.shared_iteration0} was made "
+                            f"with other settings ({', '.join(diff[:4])} differ)")
     real = load_real(cfg.data)
     resolve_device(cfg.device)
     get_family(cfg.gan.family).build(cfg.gan, real.channels, real.resolution)  # options valid?
@@ -68,6 +73,9 @@ class Runner:
         self.store, self.real = open_run(cfg, out)
         self.real.eval_real = self.real.eval_real[:cfg.evaluation.n_real]
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":  # fixed shapes: let cuDNN pick the fastest kernels
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.progress = progress
         self._quality: QualityMeter | None = None
         self._real_logits: dict[tuple[int, str], torch.Tensor] = {}

@@ -150,3 +150,18 @@ def _comparable(cfg: Config) -> dict:
     flat = _flatten(cfg.model_dump(mode="json"))
     flat.pop("device", None)
     return flat
+
+
+# What may differ between runs that share one iteration 0 (sweeps): nothing iteration 0 uses.
+_AFTER_ITERATION0 = ("name", "experiment.iterations", "experiment.fool_mode",
+                     "experiment.fool_lambda", "experiment.fool_ramp", "experiment.init",
+                     "experiment.reuse_iteration0")
+
+
+def iteration0_view(cfg: Config) -> dict:
+    flat = _comparable(cfg)
+    for key in _AFTER_ITERATION0:
+        flat.pop(key, None)
+    flat["classifiers"] = [{k: v for k, v in c.items() if k != "role"}
+                           for c in flat["classifiers"]]
+    return flat

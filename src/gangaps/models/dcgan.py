@@ -77,8 +77,8 @@ class DCGANFamily(GANFamily):
             real_logits, fake_logits = D(real), D(fake)
             # -log(sigmoid(D(x))) - log(1 - sigmoid(D(G(z))))
             loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-            return PhaseResult(loss, {"loss_D": loss.item(), "D_real": real_logits.mean().item(),
-                                      "D_fake": fake_logits.mean().item()})
+            return PhaseResult(loss, {"loss_D": loss.detach(), "D_real": real_logits.mean().detach(),
+                                      "D_fake": fake_logits.mean().detach()})
         fake = G(z)
         loss = F.softplus(-D(fake)).mean()  # non-saturating: -log(sigmoid(D(G(z))))
-        return PhaseResult(loss, {"loss_G": loss.item()}, fake=fake)
+        return PhaseResult(loss, {"loss_G": loss.detach()}, fake=fake)

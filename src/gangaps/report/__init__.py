@@ -54,6 +54,8 @@ def build_report(run_dir: str | Path) -> Path:
         (figures.fooling(table, fig_dir / "fooling.png"), "Held-out detection and fooling"),
         (figures.cross_iteration(matrices, fig_dir / "cross_iteration.png"),
          "Cross-iteration matrix A[i][j]: accuracy of C_i on held-out G_j"),
+        (figures.tradeoff(tables.tradeoff_points(records), fig_dir / "tradeoff.png"),
+         "Fooling vs quality per held-out generator (R1)"),
         (figures.architecture(*tables.architecture_matrix(records, K),
                               fig_dir / "architecture.png"), "Architecture transfer (R4)"),
         (figures.samples(grids, fig_dir / "samples.png"), "Samples, one grid per instance"),

@@ -124,6 +124,30 @@ def architecture(rows: list[str], cols: list[str], matrix: list[list[float]], pa
     return _save(fig, path)
 
 
+def tradeoff(points: list[dict], path: Path) -> Path | None:
+    """R1: FID (x) against held-out-classifier accuracy (y), colour = λ, marker = fool_mode."""
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    lams = sorted({p["fool_lambda"] for p in points})
+    markers = {"none": "o", "fool-all": "s", "memoryless": "^"}
+    cmap = plt.get_cmap("plasma")
+    for lam_i, lam in enumerate(lams):
+        for mode, marker in markers.items():
+            pts = [p for p in points if p["fool_lambda"] == lam and p["fool_mode"] == mode]
+            if pts:
+                label = "iteration 0 (not fooled)" if mode == "none" else f"{mode}, λ={lam:g}"
+                ax.scatter([p["fid"] for p in pts], [p["accuracy"] for p in pts], marker=marker,
+                           color=cmap(lam_i / max(1, len(lams) - 1) * 0.85), label=label,
+                           alpha=0.8)
+    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("FID of the held-out generator (lower is better)")
+    ax.set_ylabel("accuracy of held-out C_{k-1}")
+    ax.set_title("Trade-off: fooling held-out classifiers vs quality (R1)", fontsize=10)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []

@@ -79,3 +79,28 @@ def architecture_matrix(records: list[dict], iterations: int) -> tuple[list[str]
                 and r["classifier_iteration"] == r["generator_iteration"] - 1]
         cells.append(_mean_std(vals)[0])
     return [row_name], evaluators, [cells]
+
+
+def tradeoff_points(records: list[dict]) -> list[dict]:
+    """R1: one point per held-out generator: its FID against the accuracy of the previous
+    iteration's held-out classifiers on it (k ≥ 1; fooled = low). Iteration-0 generators give
+    the unfooled reference: accuracy of their own iteration's held-out classifiers."""
+    fid = fid_metric(records)
+    if fid is None:
+        return []
+    fids = {(r["run"], r["generator_iteration"], r["generator_instance"]): r["value"]
+            for r in records if r["metric"] == fid and r["generator_split"] == "heldout"}
+    points = []
+    for (run, k, n), f in sorted(fids.items()):
+        clf_iter = k - 1 if k > 0 else 0
+        accs = [r["value"] for r in records if r["metric"] == "accuracy" and r["run"] == run
+                and r["generator_iteration"] == k and r["generator_instance"] == n
+                and r["classifier_iteration"] == clf_iter and r["classifier_role"] == "heldout"]
+        if not accs:
+            continue
+        any_rec = next(r for r in records if r["run"] == run)
+        points.append({"run": run, "iteration": k, "instance": n, "fid": f,
+                       "accuracy": sum(accs) / len(accs),
+                       "fool_mode": any_rec["fool_mode"] if k > 0 else "none",
+                       "fool_lambda": any_rec["fool_lambda"] if k > 0 else 0.0})
+    return points

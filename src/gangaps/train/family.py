@@ -30,7 +30,7 @@ class Phase:
 @dataclass
 class PhaseResult:
     loss: torch.Tensor
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float | torch.Tensor] = field(default_factory=dict)  # tensors: no sync
     fake: torch.Tensor | None = None  # generated images, for the fool term
 
 

@@ -7,6 +7,7 @@ optimizers, step, data order, RNG) every `checkpoint_kimg`; finish with a sample
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,14 @@ from tqdm.auto import tqdm
 from gangaps.config import Config
 from gangaps.data import to_model_range
 from gangaps.data.sampler import EpochSampler
-from gangaps.io import append_jsonl, load_state, rng_state, save_state, set_rng_state
+from gangaps.io import (
+    append_jsonl,
+    atomic_write_text,
+    load_state,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
 from gangaps.train.family import get_family
 from gangaps.train.fool import FoolTerm
 
@@ -79,8 +87,12 @@ def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: 
         })
 
     log_path = job.out_dir / "log.jsonl"
-    stats_sum: dict[str, float] = {}
-    n_stats, t0, imgs = 0, time.perf_counter(), 0
+    if step > 0:
+        _truncate_log(log_path, step)  # lines written after the checkpoint are replayed
+    # statistics stay tensors until a log line is written: no GPU sync per step
+    stats_sum: dict[str, torch.Tensor | float] = {}
+    stats_n: dict[str, int] = {}
+    t0, imgs = time.perf_counter(), 0
     nets.train()
     bar = tqdm(total=total_steps, initial=step, desc=job.label or str(job.out_dir.name),
                unit="step", disable=not progress, leave=False, dynamic_ncols=True)
@@ -95,30 +107,39 @@ def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: 
             if phase.fool and fool.active and out.fake is not None:
                 fool_loss = fool(out.fake)
                 loss = loss + fool.weight(step) * fool_loss
-                out.stats["loss_fool"] = fool_loss.item()
+                out.stats["loss_fool"] = fool_loss.detach()
             opts[phase.opt].zero_grad(set_to_none=True)
             loss.backward()
             opts[phase.opt].step()
-            for k, v in out.stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + v
+            for k, v in out.stats.items():  # phases run at intervals: count per key
+                stats_sum[k] = stats_sum.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
+                stats_n[k] = stats_n.get(k, 0) + 1
         family.end_step(nets, step, batch.shape[0])
         step += 1
-        n_stats += 1
         imgs += batch.shape[0]
         bar.update(1)
         if step % log_every == 0 or step == total_steps:
             dt = time.perf_counter() - t0
             record = {"step": step, "kimg": round(step * gcfg.batch_size / 1000, 3),
-                      **{k: v / n_stats for k, v in stats_sum.items()},
-                      "img_per_s": round(imgs / max(dt, 1e-9), 1),
+                      **{k: float(v) / stats_n[k] for k, v in stats_sum.items()},
+                      "img_per_s": round(imgs / max(dt, 1e-9), 2),
                       "fool_lambda": fool.weight(step) if fool.active else 0.0}
             append_jsonl(log_path, record)
             bar.set_postfix(img_s=f"{record['img_per_s']:.0f}")
-            stats_sum, n_stats, t0, imgs = {}, 0, time.perf_counter(), 0
+            stats_sum, stats_n, t0, imgs = {}, {}, time.perf_counter(), 0
         if step % ckpt_every == 0 or step == total_steps:
             save()
     bar.close()
     return {"steps": step, "kimg": step * gcfg.batch_size / 1000}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past `step` (written after the checkpoint a resume starts from)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
 
 
 def _sampler_weights(checkpoint: Path) -> dict:
