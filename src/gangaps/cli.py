@@ -40,6 +40,23 @@ def cmd_demo(args: argparse.Namespace) -> None:
         cmd_run(args)
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise UserError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from gangaps.experiment.sweep import run_sweep
+    cfg = _config(args.config, args.overrides, args.data_root)
+    lambdas = _floats(args.fool_lambda) if args.fool_lambda else [cfg.experiment.fool_lambda]
+    modes = args.fool_mode.split(",") if args.fool_mode else [cfg.experiment.fool_mode]
+    archs = args.target_arch.split(",") if args.target_arch else [None]
+    out = Path(args.out or Path("runs") / f"{cfg.name}-sweep")
+    print(f"report: {run_sweep(cfg, out, lambdas, modes, archs, progress=not args.quiet)}")
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from gangaps.experiment.status import status_text
     print(status_text(Path(args.run_dir)))
@@ -93,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG)
     _add_run_args(p, with_config=False)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="runs differing after iteration 0 (λ, fool_mode, fooled "
+                       "architecture) sharing one iteration 0, with a combined report", epilog=EPILOG)
+    _add_run_args(p, with_config=True)
+    p.add_argument("--fool-lambda", help="comma-separated λ values, e.g. 0.1,0.3,1,3,10 (R1)")
+    p.add_argument("--fool-mode", help="comma-separated: fool-all,memoryless,none (R3)")
+    p.add_argument("--target-arch", help="comma-separated architectures to fool in turn; needs a "
+                   "target and a held-out classifier of each in the config (R4)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("status", help="what is done, running and left in a run directory")
     p.add_argument("run_dir")
