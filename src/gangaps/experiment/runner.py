@@ -1,14 +1,20 @@
 """Run an experiment: iteration by iteration, generators, then classifiers, then evaluations.
 
 Each job is skipped when its DONE marker exists and resumes from its checkpoint otherwise, so
-re-running the same command continues where a killed run stopped. Jobs run one after another
-in this process; spreading them over GPUs or machines is the executor's business (see README).
+re-running the same command continues where a killed run stopped. Jobs run one after another.
+
+Under torchrun every process runs a Runner: each generator job is trained by all ranks together
+(data-parallel, see `gangaps.train.gan`); everything else that writes the run directory
+(config, lock, samples, DONE markers, classifier jobs, evaluation, report) runs on rank 0
+while the other ranks wait (`distributed.on_rank0`), so they stay in step. The run directory
+must be on a filesystem every rank sees (one machine, or a shared one across machines).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,6 +26,7 @@ from gangaps.data import RealData, load_real
 from gangaps.errors import UserError
 from gangaps.experiment.evaluate import QualityMeter, detection_record
 from gangaps.experiment.plan import (
+    GeneratorSpec,
     classifier_specs,
     derive_seed,
     generator_specs,
@@ -28,6 +35,7 @@ from gangaps.experiment.store import RunStore, iteration0_view
 from gangaps.generators import generate, load_generator
 from gangaps.io import atomic_write_json
 from gangaps.models.classifiers import build_classifier
+from gangaps.train import distributed as ddp
 from gangaps.train.classifier import (
     FINAL,
     classify,
@@ -70,13 +78,24 @@ def open_run(cfg: Config, out: str | Path) -> tuple[RunStore, RealData]:
 class Runner:
     def __init__(self, cfg: Config, out: str | Path, progress: bool = True) -> None:
         self.cfg = cfg
-        self.store, self.real = open_run(cfg, out)
+        if ddp.launched_by_torchrun():  # join the job's process group: cuda:LOCAL_RANK or cpu
+            self.device = ddp.init_from_env(cfg.device)
+            if ddp.is_distributed():
+                ddp.rank_job_settings(0, cfg.gan.batch_size)  # divisible? before any write
+        self.main = ddp.rank() == 0
+        if self.main:  # validates and writes the config; an error stops every rank
+            self.store, self.real = ddp.on_rank0(lambda: open_run(cfg, out))
+        else:
+            ddp.on_rank0(lambda: None)  # wait for rank 0's checks and config.yaml
+            self.store = RunStore(out, cfg.experiment.reuse_iteration0)
+            self.real = load_real(cfg.data)
+        if not ddp.launched_by_torchrun():
+            self.device = resolve_device(cfg.device)
         self.real.eval_real = self.real.eval_real[:cfg.evaluation.n_real]
-        self.device = resolve_device(cfg.device)
         if self.device.type == "cuda":  # fixed shapes: let cuDNN pick the fastest kernels
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        self.progress = progress
+        self.progress = progress and self.main
         self._quality: QualityMeter | None = None
         self._real_logits: dict[tuple[int, str], torch.Tensor] = {}
 
@@ -86,16 +105,17 @@ class Runner:
 
     # -- the experiment -----------------------------------------------------------------
     def run(self) -> None:
-        self.store.acquire()
+        from gangaps.report import build_report
+        ddp.on_rank0(self.store.acquire)
         try:
             for k in range(self.cfg.experiment.iterations):
-                self.train_generators(k)
-                self.train_classifiers(k)
-                self.evaluate(k)
-            from gangaps.report import build_report
-            build_report(self.store.root)
+                self.train_generators(k)  # every rank
+                ddp.on_rank0(lambda k=k: self.train_classifiers(k))
+                ddp.on_rank0(lambda k=k: self.evaluate(k))
+            ddp.on_rank0(lambda: build_report(self.store.root))
         finally:
-            self.store.release()
+            if self.main:
+                self.store.release()
 
     def _shared(self, k: int) -> bool:
         return k == 0 and self.store.shared_iteration0 is not None
@@ -103,7 +123,7 @@ class Runner:
     def train_generators(self, k: int) -> None:
         for spec in generator_specs(self.cfg, k):
             out = self.store.generator_dir(k, spec.instance)
-            if self.store.is_done(out):
+            if ddp.agree(self.store.is_done(out)):  # rank 0's view: all ranks skip together
                 continue
             if self._shared(k):
                 raise UserError(f"shared iteration 0 is unfinished: {out} (finish that run first)")
@@ -113,16 +133,21 @@ class Runner:
             init = (self.store.generator_dir(*spec.init_from) / CHECKPOINT
                     if spec.init_from else None)
             t0 = time.perf_counter()
-            summary = train_generator(GeneratorJob(out, spec.seed, fool, init, label), self.cfg,
-                                      self.real.gan_train, self.device, self.progress)
-            G = load_generator(out / CHECKPOINT, self.device)
-            grid = generate(G, self.cfg.gan.sample_grid, seed=0, device=self.device)
-            save_image(grid.float() / 255, out / "samples.png",
-                       nrow=max(1, int(len(grid) ** 0.5)))
-            summary.update(seed=spec.seed, split=spec.split, seconds=time.perf_counter() - t0,
-                           fool_targets=[list(t) for t in spec.fool_targets])
-            self.store.mark_done(out, summary)
-            self.log(f"{label}: done in {summary['seconds']:.0f}s ({spec.split})")
+            job = GeneratorJob(out, spec.seed, fool, init, label, data_parallel=True)
+            summary = train_generator(job, self.cfg, self.real.gan_train, self.device,
+                                      self.progress)
+            ddp.on_rank0(partial(self._finish_generator, out, summary, spec, label, t0))
+
+    def _finish_generator(self, out: Path, summary: dict, spec: GeneratorSpec, label: str,
+                          t0: float) -> None:
+        """Sample grid and DONE marker of a trained generator (rank 0 only under torchrun)."""
+        G = load_generator(out / CHECKPOINT, self.device)
+        grid = generate(G, self.cfg.gan.sample_grid, seed=0, device=self.device)
+        save_image(grid.float() / 255, out / "samples.png", nrow=max(1, int(len(grid) ** 0.5)))
+        summary.update(seed=spec.seed, split=spec.split, seconds=time.perf_counter() - t0,
+                       fool_targets=[list(t) for t in spec.fool_targets])
+        self.store.mark_done(out, summary)
+        self.log(f"{label}: done in {summary['seconds']:.0f}s ({spec.split})")
 
     def train_classifiers(self, k: int) -> None:
         for spec in classifier_specs(self.cfg, k):
