@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from gangaps.config import ClassifierTrainingConfig
 from gangaps.data.augment import DetectorAugment
-from gangaps.data.images import cache_name, load_image_dataset, read_cache_meta
+from gangaps.data.images import IMAGE_EXTENSIONS, cache_name, load_image_dataset, read_cache_meta
 from gangaps.errors import UserError
 from gangaps.io import atomic_write_json, read_json
 from gangaps.metrics.detection import METRICS, bootstrap_ci, detection_metrics
@@ -82,15 +82,21 @@ def _source_channels(path: Path, resolution: int) -> int | None:
 
 
 def _check_source(flag: str, path: str) -> Path:
+    """The path, checked to exist and, for a folder, to hold at least one image (cheap: stops
+    at the first), so that errors come before anything is written or decoded."""
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"{flag}: not found: {p}")
+    if p.is_dir() and not any(p.glob("images-*.safetensors")) and not any(
+            f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() for f in p.rglob("*")):
+        raise UserError(f"{flag}: no images found in {p} ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return p
 
 
-def _load(flag: str, path: Path, resolution: int, channels: int) -> torch.Tensor:
+def _load(flag: str, path: Path, resolution: int, channels: int, quiet: bool) -> torch.Tensor:
     """uint8 [N, C, R, R] with the flag named in any error."""
-    print(f"loading {flag.lstrip('-')} images from {path} ({resolution} px)", file=sys.stderr, flush=True)
+    if not quiet:  # decoding a big folder takes a while; say what is happening
+        print(f"loading {flag.lstrip('-')} images from {path} ({resolution} px)", file=sys.stderr, flush=True)
     try:
         images = load_image_dataset(path, resolution, channels)
     except UserError as e:
@@ -203,8 +209,6 @@ def _check_settings(out: Path, settings: dict) -> None:
     """A training folder belongs to one set of settings; resuming with others is refused."""
     path = out / SETTINGS
     if not path.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, settings)
         return
     old = read_json(path)
     diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
@@ -260,7 +264,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         return
     _check_settings(out, settings)
 
-    real = _load("--real", real_path, args.resolution, args.channels)
+    real = _load("--real", real_path, args.resolution, args.channels, args.quiet)
     gen = torch.Generator().manual_seed(args.seed)
     if args.n_real is not None:
         if args.n_real > len(real):
@@ -271,14 +275,22 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         print(f"sampling {n_fake} fakes from {len(gens)} generator(s)", file=sys.stderr, flush=True)
         fake = fake_bank(gens, n_fake, args.seed, device).cpu()
     else:
-        fake = _load("--fake", fake_path, args.resolution, args.channels)
+        fake = _load("--fake", fake_path, args.resolution, args.channels, args.quiet)
         if args.n_fake is not None:
             if args.n_fake > len(fake):
                 raise UserError(f"--n-fake {args.n_fake}, but --fake holds {len(fake)} images")
             fake = fake[torch.randperm(len(fake), generator=gen)[:args.n_fake]]
     for flag, imgs in (("--real", real), ("--fake", fake)):
-        if round(len(imgs) * args.val_fraction) < 1 or len(imgs) - round(len(imgs) * args.val_fraction) < 1:
-            raise UserError(f"{flag}: {len(imgs)} images are too few for --val-fraction {args.val_fraction}")
+        # fit_classifier draws batch_size/2 images per side per step from the training part
+        n_train = len(imgs) - max(1, round(len(imgs) * args.val_fraction))
+        if n_train < args.batch_size // 2:
+            raise UserError(f"{flag}: {len(imgs)} images leave {n_train} for training after the "
+                            f"validation split, fewer than half of --batch-size {args.batch_size}")
+    # written only now, once every input is known to be usable: a refused first attempt must
+    # not pin its settings on the folder
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / SETTINGS).exists():
+        atomic_write_json(out / SETTINGS, settings)
     tcfg = ClassifierTrainingConfig(
         n_real=len(real), n_fake=len(fake), val_fraction=args.val_fraction, batch_size=args.batch_size,
         lr=args.lr, epochs=args.epochs, patience=args.patience, min_lr=args.min_lr, augment=augment)
@@ -325,8 +337,8 @@ def evaluate(classifier: str | Path, real: str | Path, fake: str | Path, bootstr
         if c is not None and c != ch:
             raise UserError(f"mismatched channels: {flag} is a {c}-channel cache, the classifier "
                             f"takes {ch}")
-    real_u8 = _load("--real", paths["--real"], res, ch)
-    fake_u8 = _load("--fake", paths["--fake"], res, ch)
+    real_u8 = _load("--real", paths["--real"], res, ch, quiet)
+    fake_u8 = _load("--fake", paths["--fake"], res, ch, quiet)
     rl = _logits(model, real_u8, dev, "real", quiet)
     fl = _logits(model, fake_u8, dev, "fake", quiet)
     metrics = detection_metrics(rl, fl)
