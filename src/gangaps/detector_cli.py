@@ -182,6 +182,9 @@ def _generators(args: argparse.Namespace) -> list[Path]:
         if not ckpt.is_file():
             raise UserError(f"--run: generator {n} of iteration {args.iteration} has no checkpoint "
                             f"({ckpt})")
+        if not (ckpt.parent / "DONE").exists():  # a checkpoint mid-training is not the generator
+            raise UserError(f"--run: generator {n} of iteration {args.iteration} is not finished "
+                            f"(no {ckpt.parent / 'DONE'})")
         paths.append(ckpt)
     return paths
 
@@ -272,7 +275,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         real = real[torch.randperm(len(real), generator=gen)[:args.n_real]]
     if gens:
         n_fake = args.n_fake or len(real)  # balanced by default
-        print(f"sampling {n_fake} fakes from {len(gens)} generator(s)", file=sys.stderr, flush=True)
+        if not args.quiet:
+            print(f"sampling {n_fake} fakes from {len(gens)} generator(s)", file=sys.stderr, flush=True)
         fake = fake_bank(gens, n_fake, args.seed, device).cpu()
     else:
         fake = _load("--fake", fake_path, args.resolution, args.channels, args.quiet)
