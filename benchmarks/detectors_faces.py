@@ -66,12 +66,12 @@ class Setup:
 SETUPS = [
     Setup("baseline", "resnet18", recipe=False, epochs=12),
     Setup("resnet18", "resnet18", epochs=16),
+    Setup("resnet18_p0", "resnet18", epochs=16, blur_jpeg_prob=0.0),  # p chosen by validation
     Setup("small_cnn", "small_cnn", epochs=30),
     Setup("spectrum", "spectrum", epochs=30),
     Setup("patch", "patch", {"width": 32}, epochs=12),
     Setup("resnet50", "resnet50", epochs=8),
     Setup("resnet18_nods", "resnet18", {"stem": "no_downsample"}, epochs=4, crop=32),
-    Setup("resnet18_p0", "resnet18", epochs=16, blur_jpeg_prob=0.0),
 ]
 
 
