@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from gangaps.config import Config, from_dict
 from gangaps.data import to_model_range
 from gangaps.data.images import load_image_dataset
+from gangaps.errors import UserError
 from gangaps.generators import load_generator
 from gangaps.io import load_state
 from gangaps.models.classifiers import freeze, small_cnn
@@ -200,14 +201,17 @@ def test_fool_term_lowers_classifier_loss(faces: torch.Tensor, tmp_path: Path) -
 def test_ffhq_configs(res: int, batch: int) -> None:
     from gangaps.config import load_config
     root = Path(__file__).resolve().parents[1]
-    cfg = load_config(root / "configs" / f"ffhq-stylegan2-{res}.yaml", ["data.path=/my/ffhq"])
+    path = root / "configs" / f"ffhq-stylegan2-{res}.yaml"
+    with pytest.raises(UserError, match="inception_weights"):  # FID needs local weights
+        load_config(path, ["data.path=/my/ffhq"])
+    cfg = load_config(path, ["data.path=/my/ffhq", "evaluation.inception_weights=/my/inception.pth"])
     assert (cfg.data.dataset, cfg.data.resolution, cfg.data.channels) == ("images", res, 3)
     assert cfg.gan.family == "stylegan2" and cfg.gan.batch_size == batch
     opts = StyleGAN2Family().resolve_options(cfg.gan)  # every key known, every value valid
     assert opts["r1_gamma"] == pytest.approx(0.0002 * res**2 / batch)  # NVIDIA auto formula
     assert opts["ema_kimg"] == pytest.approx(batch * 10 / 32)
     assert (opts["channel_base"], opts["channel_max"], opts["mapping_layers"]) == (16384, 512, 2)
-    assert cfg.evaluation.fid == "inception" and cfg.evaluation.inception_weights is None
+    assert cfg.evaluation.fid == "inception"
     assert [s.role for s in cfg.classifiers if s.arch == "resnet18"] == ["target", "heldout"]
 
 

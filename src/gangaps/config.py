@@ -113,6 +113,11 @@ class Config(_Section):
         if not any(s.role == "target" for s in self.classifiers) and \
                 self.experiment.fool_mode != "none" and self.experiment.iterations > 1:
             raise ValueError("no classifier has role 'target', so there is nothing to fool")
+        ev = self.evaluation
+        if ev.fid == "inception" and not ev.inception_weights:
+            raise ValueError("evaluation.fid=inception needs evaluation.inception_weights=FILE "
+                             "(torch-fidelity's weights-inception-2015-12-05-6726825d.pth; "
+                             "nothing is downloaded) or evaluation.fid=none")
         ids = [cid for s in self.classifiers for cid in classifier_ids(s)]
         if len(ids) != len(set(ids)):
             raise ValueError(f"classifier ids repeat: {sorted(ids)}")
@@ -164,7 +169,7 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
+    where = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -172,14 +177,14 @@ def _format_error(err: ValidationError) -> str:
         msg += f" (got {first['input']!r})"
     n = err.error_count()
     more = f" (and {n - 1} more problem{'s' if n > 2 else ''})" if n > 1 else ""
-    return f"{where}: {msg}{more}"
+    return f"{where}: {msg}{more}" if where else f"{msg}{more}"
 
 
 def from_dict(tree: dict) -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise UserError(f"config {_format_error(e)}") from None
+        raise UserError(f"config: {_format_error(e)}") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
