@@ -120,12 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "target and a held-out classifier of each in the config (R4)")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("status", help="what is done, running and left in a run directory")
-    p.add_argument("run_dir")
+    p = sub.add_parser("status", help="what is done, running and left in a run directory",
+                       description="Per iteration, every generator and classifier job of a run: "
+                       "done (with its time), running, interrupted (resumes from its checkpoint "
+                       "when the same run command is given again) or pending.")
+    p.add_argument("run_dir", help="a run directory (holds config.yaml)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="(re)build report/index.html and results.json of a run")
-    p.add_argument("run_dir")
+    p = sub.add_parser("report", help="(re)build report/index.html and results.json of a run",
+                       description="Collect every finished measurement of a run into "
+                       "report/results.json (long format) and draw report/index.html with its "
+                       "figures; works on a run that is still going.")
+    p.add_argument("run_dir", help="a run directory (holds config.yaml)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("prepare-data", help="turn a folder or zip of images into a training cache")
