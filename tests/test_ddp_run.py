@@ -144,3 +144,38 @@ def test_batch_not_divisible_by_processes_stops_before_writing(data_root, tmp_pa
     assert proc.returncode != 0
     assert "gan.batch_size=33 is not divisible by the 2 processes" in proc.stderr
     assert not out.exists()
+
+
+def _helpers_worker(rank: int, init_file: str) -> None:
+    import torch.distributed as dist
+
+    from gangaps.train import distributed as ddp
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        lin = torch.nn.Linear(3, 2)
+        opt = torch.optim.SGD(lin.parameters(), lr=1.0)
+        ddp.average_gradients_before_step(opt)
+        ddp.average_gradients_before_step(opt)  # family and loop both register: still one mean
+        ddp.broadcast_module(lin)
+        before = lin.weight.detach().clone()
+        for p in lin.parameters():
+            p.grad = torch.full_like(p, rank + 1.0)  # mean over ranks: 1.5
+        opt.step()
+        assert torch.allclose(lin.weight, before - 1.5), "gradients not averaged exactly once"
+        assert ddp.agree(rank == 0) is True  # rank 0's answer everywhere
+        assert ddp.on_rank0(lambda: "ran") == ("ran" if rank == 0 else None)
+        # an error on rank 0 stops the waiting rank too, instead of leaving it at a barrier
+        try:
+            ddp.on_rank0(lambda: 1 / 0)
+        except (ZeroDivisionError, UserError) as e:
+            assert (rank == 0) == isinstance(e, ZeroDivisionError), e
+        else:
+            raise AssertionError("no error raised")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_helpers_average_once_and_propagate_rank0_errors(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_helpers_worker, args=(str(tmp_path / "init"),), nprocs=2)
