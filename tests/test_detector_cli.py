@@ -164,3 +164,9 @@ def test_help_explains_flags_and_folders(capsys: pytest.CaptureFixture) -> None:
     for flag in ("--real", "--fake", "--run", "--iteration", "--instances", "--option", "--crop",
                  "--blur-prob", "--jpeg-prob", "0_real"):
         assert flag in text
+
+
+def test_bad_training_value_names_the_flag(faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    err = _one_line_error(_train_args(faces, tmp_path / "o", "--val-fraction", "0.7"), capsys)
+    assert "--val-fraction" in err
+    assert not (tmp_path / "o").exists()

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import yaml
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from gangaps.config import ClassifierTrainingConfig
@@ -208,6 +209,19 @@ def _augment(args: argparse.Namespace) -> dict[str, Any]:
     return aug
 
 
+def _training_config(args: argparse.Namespace, n_real: int, n_fake: int,
+                     augment: dict[str, Any]) -> ClassifierTrainingConfig:
+    flags = {"val_fraction": "--val-fraction", "batch_size": "--batch-size", "lr": "--lr",
+             "epochs": "--epochs", "patience": "--patience", "min_lr": "--min-lr"}
+    try:
+        return ClassifierTrainingConfig(n_real=n_real, n_fake=n_fake, augment=augment,
+                                        **{k: getattr(args, k) for k in flags})
+    except ValidationError as e:
+        first = e.errors()[0]
+        flag = flags.get(str(first["loc"][0]), str(first["loc"][0]))
+        raise UserError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from None
+
+
 def _check_settings(out: Path, settings: dict) -> None:
     """A training folder belongs to one set of settings; resuming with others is refused."""
     path = out / SETTINGS
@@ -251,6 +265,10 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         args.channels = _channels(args, {"--real": real_path, "--fake": fake_path})
     augment = _augment(args)
     build_classifier(args.arch, args.channels, args.resolution, **options)  # bad options fail early
+    for flag, n in (("--n-real", args.n_real), ("--n-fake", args.n_fake)):
+        if n is not None and n < 2:
+            raise UserError(f"{flag} must be at least 2, got {n}")
+    _training_config(args, 2, 2, augment)  # bad training values fail before any decoding
     out = Path(args.out).expanduser()
     settings = {
         "arch": args.arch, "options": options, "resolution": args.resolution, "channels": args.channels,
@@ -295,9 +313,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SETTINGS).exists():
         atomic_write_json(out / SETTINGS, settings)
-    tcfg = ClassifierTrainingConfig(
-        n_real=len(real), n_fake=len(fake), val_fraction=args.val_fraction, batch_size=args.batch_size,
-        lr=args.lr, epochs=args.epochs, patience=args.patience, min_lr=args.min_lr, augment=augment)
+    tcfg = _training_config(args, len(real), len(fake), augment)
     model = build_classifier(args.arch, args.channels, args.resolution, **options)
     summary = fit_classifier(model, real, fake, tcfg, args.seed, out, device,
                              progress=not args.quiet, label=f"{args.arch} epochs")
