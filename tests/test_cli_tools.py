@@ -59,3 +59,11 @@ def test_every_command_explains_itself(command, capsys):
     assert len(capsys.readouterr().out) > 200
 
 
+
+
+def test_overrides_may_follow_options(capsys):
+    assert main(["run", "configs/mnist-dcgan.yaml", "--dry-run", "gan.lr=3e-3"]) == 0
+    assert "lr: 0.003" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["run", "configs/mnist-dcgan.yaml", "--dry-run", "--bogus"])
+    assert e.value.code == 2

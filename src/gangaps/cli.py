@@ -160,7 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # overrides may come after options too (`run cfg.yaml --out d gan.lr=1e-3`)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "data_root", None):
         os.environ.setdefault("GANGAPS_DATA_ROOT", args.data_root)
     try:
