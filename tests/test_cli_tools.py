@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch
 from gangaps.cli import main
 from gangaps.models.stylegan2_import import load_converted
 from tests.conftest import SHARED
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FIXTURE = SHARED / "fixtures" / "stylegan2_reference"
 FACES = SHARED / "data" / "faces_ffhq256_subset" / "real"
@@ -62,8 +65,8 @@ def test_every_command_explains_itself(command, capsys):
 
 
 def test_overrides_may_follow_options(capsys):
-    assert main(["run", "configs/mnist-dcgan.yaml", "--dry-run", "gan.lr=3e-3"]) == 0
+    assert main(["run", str(ROOT / "configs/mnist-dcgan.yaml"), "--dry-run", "gan.lr=3e-3"]) == 0
     assert "lr: 0.003" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
-        main(["run", "configs/mnist-dcgan.yaml", "--dry-run", "--bogus"])
+        main(["run", str(ROOT / "configs/mnist-dcgan.yaml"), "--dry-run", "--bogus"])
     assert e.value.code == 2
