@@ -29,7 +29,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(to_yaml(cfg), end="")
         return
     Runner(cfg, out, progress=not args.quiet).run()
-    print(f"report: {out / 'report' / 'index.html'}")
+    from gangaps.train.distributed import rank
+    if rank() == 0:  # under torchrun every rank runs this command
+        print(f"report: {out / 'report' / 'index.html'}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
