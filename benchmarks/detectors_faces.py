@@ -56,7 +56,7 @@ class Setup:
     options: dict[str, Any] = field(default_factory=dict)
     recipe: bool = True
     epochs: int = 20
-    crop: int | None = None  # None: 7/8 of the resolution (56 px at 64)
+    crop: int | None = None  # None: 7/8 of the resolution (56 px at 64); 0: no crop
     blur_jpeg_prob: float = 0.1
     patience: int = 4
     min_lr: float = 1e-4  # 1e-3, one drop to 1e-4, then stop at the next plateau
@@ -77,6 +77,7 @@ SETUPS = [
     Setup("resnet50", "resnet50", epochs=8),
     Setup("resnet18_nods", "resnet18", {"stem": "no_downsample"}, epochs=3, crop=32),
     Setup("resnet18_p0", "resnet18", epochs=24, blur_jpeg_prob=0.0),  # p chosen by validation
+    Setup("resnet18_nocrop", "resnet18", epochs=24, crop=0),
 ]
 
 
@@ -139,10 +140,10 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
     if not s.recipe:
         summary, augment = train_baseline(model, real_tr, fake_tr, s.epochs, seed, out_dir), {"flip": True}
     else:
-        crop = s.crop or resolution * 7 // 8
+        crop = resolution * 7 // 8 if s.crop is None else s.crop or None
         # CNNDetection's blur σ ∈ [0, 3] is for 256 px images; scaled to ≤ 1 px here, where a
         # σ of 3 would wipe out a 64 px face. JPEG quality keeps its [30, 100].
-        augment = {"crop": crop, "flip": True, "blur_prob": s.blur_jpeg_prob, "blur_sigma": [0.0, 1.0],
+        augment = {**({"crop": crop} if crop else {}), "flip": True, "blur_prob": s.blur_jpeg_prob, "blur_sigma": [0.0, 1.0],
                    "jpeg_prob": s.blur_jpeg_prob, "jpeg_quality": [30, 100]}
         tcfg = ClassifierTrainingConfig(n_real=len(real_tr), n_fake=len(fake_tr), val_fraction=0.125,
                                         batch_size=64, lr=1e-3, epochs=s.epochs, patience=s.patience,
