@@ -143,7 +143,8 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
         crop = resolution * 7 // 8 if s.crop is None else s.crop or None
         # CNNDetection's blur σ ∈ [0, 3] is for 256 px images; scaled to ≤ 1 px here, where a
         # σ of 3 would wipe out a 64 px face. JPEG quality keeps its [30, 100].
-        augment = {**({"crop": crop} if crop else {}), "flip": True, "blur_prob": s.blur_jpeg_prob, "blur_sigma": [0.0, 1.0],
+        augment = {**({"crop": crop} if crop else {}), "flip": True, "blur_prob": s.blur_jpeg_prob,
+                   "blur_sigma": [0.0, 1.0],
                    "jpeg_prob": s.blur_jpeg_prob, "jpeg_quality": [30, 100]}
         tcfg = ClassifierTrainingConfig(n_real=len(real_tr), n_fake=len(fake_tr), val_fraction=0.125,
                                         batch_size=64, lr=1e-3, epochs=s.epochs, patience=s.patience,
