@@ -396,14 +396,15 @@ def add_detector_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-classifier", formatter_class=fmt, epilog=TRAIN_EPILOG,
         help="train a real-vs-fake detector on two image folders (or a run's generators)",
-        description="Train a GAN-classifier (detector) on real vs fake images: balanced batches, "
-                    "a validation split, early stopping with lr/10 drops (CNNDetection), best "
+        description="Train a GAN-classifier (detector) on real vs fake images: balanced batches,\n"
+                    "a validation split, early stopping with lr/10 drops (CNNDetection), best\n"
                     "epoch kept. Re-running the same command resumes.")
     g = p.add_argument_group("data")
     g.add_argument("--real", required=True, metavar="SRC", help="real images (folder, zip or cache)")
     g.add_argument("--fake", metavar="SRC", help="fake images (folder, zip or cache); or use --run")
     g.add_argument("--run", metavar="RUNDIR", help="draw the fakes from this gangaps run's frozen generators")
-    g.add_argument("--iteration", type=int, metavar="K", help="with --run: the iteration whose generators")
+    g.add_argument("--iteration", type=int, metavar="K",
+                   help="with --run: the iteration whose generators make the fakes")
     g.add_argument("--instances", metavar="I,J", help="with --run: generator instances (default: all finished)")
     g.add_argument("--n-real", type=int, metavar="N", help="use N randomly chosen real images (default: all)")
     g.add_argument("--n-fake", type=int, metavar="N",
@@ -447,9 +448,9 @@ def add_detector_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate-classifier", formatter_class=fmt, epilog=EVAL_EPILOG,
         help="accuracy, real/fake recall, AP, AUC (95%% CIs) of a detector on real and fake folders",
-        description="Score a trained classifier on real and fake images: balanced accuracy at "
-                    "logit 0, real and fake recall, average precision and ROC-AUC (fake = "
-                    "positive), each with a percentile-bootstrap 95%% interval over images.")
+        description="Score a trained classifier on real and fake images: balanced accuracy at\n"
+                    "logit 0, real and fake recall, average precision and ROC-AUC (fake =\n"
+                    "positive), each with a percentile-bootstrap 95% interval over images.")
     p.add_argument("classifier", help="classifier.safetensors written by train-classifier or a run")
     p.add_argument("--real", required=True, metavar="SRC", help="real images (folder, zip or cache)")
     p.add_argument("--fake", required=True, metavar="SRC", help="fake images (folder, zip or cache)")
