@@ -47,8 +47,10 @@ def test_results_json_is_long_format_with_every_measurement(finished_run):
     assert len(fids) == 2 * 3  # every generator instance of every iteration
     assert all(r["classifier_id"] is None and r["value"] > 0 for r in fids)
     acc = [r for r in records if r["metric"] == "accuracy"]
-    # 2 classifiers per iteration × 2 iterations, each on all 6 generators: the full matrix
-    assert len(acc) == 4 * 6
+    # 3 classifiers per iteration (mnist-dcgan.yaml) × 2 iterations, each on all 6 generators:
+    # the full cross-iteration matrix, both sides of the diagonal
+    assert len(acc) == 6 * 6
+    assert all("ci95" in r for r in acc)
     for r in acc:
         assert r["generator_split"] in ("train", "heldout")
         assert r["classifier_role"] in ("target", "heldout")
