@@ -35,7 +35,8 @@ def tiny_overrides(**extra: object) -> list[str]:
         "classifier_training.epochs": 2, "classifier_training.batch_size": 64,
         "classifier_training.lr": 1e-3, "classifiers.0.options.width": 8,
         "classifiers.1.options.width": 8,
-        "evaluation.n_fake": 200, "evaluation.n_real": 200, "evaluation.fid": "none", "evaluation.bootstrap": 50,
+        "evaluation.n_fake": 200, "evaluation.n_real": 200, "evaluation.fid": "none",
+        "evaluation.bootstrap": 50,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -18,7 +18,7 @@ from tests.conftest import tiny_overrides
 def test_sweep_shares_iteration0_and_reports_every_run(tmp_path, data_root):
     out = tmp_path / "sweep"
     config = Path(__file__).resolve().parents[1] / "configs/mnist-dcgan.yaml"
-    args = ["sweep", str(config), *tiny_overrides(**{"gan.kimg": 1}),
+    args = ["sweep", str(config), *tiny_overrides(**{"gan.kimg": 1, "evaluation.fid": "lenet"}),
             "classifiers=[{arch: small_cnn, seeds: [0], role: target, options: {width: 8}},"
             " {arch: small_cnn, seeds: [1], role: heldout, options: {width: 8}},"
             " {arch: patch, seeds: [0], role: target, options: {width: 8, depth: 2}},"
