@@ -22,7 +22,8 @@ def _fmt(ms: tuple[float, float, int] | None, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
 
 
-def _img(path: Path | None, caption: str) -> str:
+def embed_figure(path: Path | None, caption: str) -> str:
+    """A PNG inlined as base64 (the report opens from disk, alone), with its caption."""
     if path is None or not path.exists():
         return ""
     data = base64.b64encode(path.read_bytes()).decode()
@@ -92,7 +93,7 @@ C_{{k-1}}, are held-out classifiers of that iteration fooled too?</p>
 <h2>Per iteration</h2>
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>{rows}</table>
 <h2>Figures</h2>
-{"".join(_img(p, c) for p, c in figs)}
+{"".join(embed_figure(p, c) for p, c in figs)}
 <p style="font-size:0.8em;color:#777">gangaps {gangaps.__version__} · every number is in
 <code>results.json</code> ({len(records)} records) · config in <code>../config.yaml</code></p>
 </body></html>

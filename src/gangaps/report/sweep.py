@@ -9,7 +9,7 @@ from pathlib import Path
 import gangaps
 from gangaps.experiment.store import RunStore
 from gangaps.io import atomic_write_json, atomic_write_text, read_json
-from gangaps.report import _img, build_report, figures, tables
+from gangaps.report import build_report, embed_figure, figures, tables
 
 
 def build_sweep_report(out: Path, runs: list[Path]) -> Path:
@@ -55,7 +55,7 @@ def build_sweep_report(out: Path, runs: list[Path]) -> Path:
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto}}
 figure{{display:inline-block;margin:0.5em}}img{{max-width:100%}}</style></head><body>
 <h1>gangaps sweep: {len(runs)} runs sharing iteration 0</h1><ul>{links}</ul>
-{"".join(_img(p, c) for p, c in figs)}
+{"".join(embed_figure(p, c) for p, c in figs)}
 <p style="font-size:0.8em;color:#777">gangaps {gangaps.__version__} · {len(records)} records in
 <code>results.json</code> (field <code>run</code> tells them apart)</p></body></html>"""
     path = out / "report" / "index.html"
