@@ -117,14 +117,16 @@ def test_resnet_head_is_single_logit_with_small_normal_init():
     assert 0.01 < fc.weight.std().item() < 0.03 and torch.all(fc.bias == 0)
 
 
-def test_resnet_no_downsample_stem_keeps_resolution():
-    model = _build("resnet18", 1, 28, stem="no_downsample")
-    assert model.net.conv1.stride == (1, 1) and isinstance(model.net.maxpool, nn.Identity)
+@pytest.mark.parametrize("stem, conv_stride, layer4_side", [("no_downsample", 1, 4), ("no_maxpool", 2, 2)])
+def test_resnet_stems_keep_resolution(stem, conv_stride, layer4_side):
+    model = _build("resnet18", 1, 28, stem=stem)
+    assert model.net.conv1.stride == (conv_stride, conv_stride)
+    assert isinstance(model.net.maxpool, nn.Identity)
     assert model.preprocess(_x(1, 1, 28)).shape[-1] == 28  # no interpolation by default
     feats = {}
     model.net.layer4.register_forward_hook(lambda m, i, o: feats.setdefault("l4", o))
     freeze(model)(_x(1, 1, 28))
-    assert feats["l4"].shape[-1] == 4  # total stride 8 instead of 32
+    assert feats["l4"].shape[-1] == layer4_side  # total stride 8 / 16 instead of 32
     default = _build("resnet18", 1, 28)
     assert default.net.conv1.stride == (2, 2) and isinstance(default.net.maxpool, nn.MaxPool2d)
 

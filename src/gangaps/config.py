@@ -84,6 +84,10 @@ class ClassifierTrainingConfig(_Section):
     epochs: int = Field(10, ge=1, description="maximum epochs")
     patience: int = Field(2, ge=1, description="epochs without validation gain before lr/10")
     min_lr: float = Field(1e-6, gt=0, description="stop once the learning rate falls below")
+    select: Literal["accuracy", "ap", "loss"] = Field(
+        "accuracy", description="validation measure for early stopping and the kept epoch: "
+        "balanced accuracy at logit 0 (CNNDetection), average precision, or -BCE loss")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (AdamW)")
     augment: dict[str, Any] = Field(default_factory=dict, description="detector augmentation "
                                     "(crop, flip, blur_prob, blur_sigma, jpeg_prob, jpeg_quality)")
 

@@ -21,7 +21,7 @@ from gangaps.models.classifiers import GANClassifier, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESNET_STEMS = ("imagenet", "no_downsample")
+RESNET_STEMS = ("imagenet", "no_maxpool", "no_downsample")
 # Smallest side fed to an ImageNet-stem ResNet when the data are smaller: its total stride is
 # 32, so 56 px still leaves a 2×2 map after layer4 (28 px would leave 1×1).
 RESNET_MIN_INPUT = 56
@@ -116,14 +116,17 @@ def _resnet(
         _check_int(arch, "input_size", input_size, 8)
     elif stem == "imagenet":
         input_size = default_resnet_input_size(resolution)
-    # no_downsample has total stride 8, so even 28 px leaves a 4×4 map: keep the data
-    # resolution and avoid an interpolation that would smooth the very high frequencies
-    # this variant exists to see.
+    # no_downsample (total stride 8) and no_maxpool (16) leave ≥ 2×2 maps even at 28 px: keep
+    # the data resolution and avoid an interpolation that would smooth the very high
+    # frequencies these variants exist to see.
     net = getattr(torchvision.models, arch)(num_classes=1)  # weights=None: never downloads
     if stem == "no_downsample":
         # Gragnaniello et al. 2021: drop the stem's stride and max-pool. The 7×7 kernel is
         # kept so ImageNet weights still load.
         net.conv1.stride = (1, 1)
+    if stem in ("no_maxpool", "no_downsample"):
+        # no_maxpool, the half-way point: layer1 sees 1/2 resolution instead of 1/4, at 4×
+        # (not 16×) the compute of the ImageNet stem.
         net.maxpool = nn.Identity()
     if weights_path is not None:
         _load_backbone_weights(net, arch, weights_path)
@@ -145,8 +148,9 @@ def resnet18(
     """torchvision ResNet-18 with one logit; from scratch unless `weights_path` (local file).
 
     input_size: side the network sees (default: data resolution, upsampled by an integer
-    factor to ≥ 56 px when below 64 px with the ImageNet stem). stem: 'imagenet' or
-    'no_downsample' (no stem stride / max-pool, keeps high frequencies).
+    factor to ≥ 56 px when below 64 px with the ImageNet stem). stem: 'imagenet',
+    'no_maxpool' (stride-2 stem conv, no max-pool) or 'no_downsample' (neither), which keep
+    more of the high frequencies.
     """
     return _resnet("resnet18", in_channels, resolution, weights_path, input_size, stem)
 

@@ -22,6 +22,7 @@ from gangaps.data.augment import DetectorAugment
 from gangaps.data.sampler import EpochSampler
 from gangaps.generators import generate, load_generator
 from gangaps.io import append_jsonl, load_state, rng_state, save_state, set_rng_state
+from gangaps.metrics.detection import detection_metrics
 from gangaps.models.classifiers import GANClassifier, build_classifier, freeze
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -53,9 +54,19 @@ def classify(model: torch.nn.Module, images: torch.Tensor, device: torch.device 
     return torch.cat(out)
 
 
-def _balanced_accuracy(model, real, fake, device) -> float:
-    return 0.5 * ((classify(model, real, device) > 0).float().mean().item()
-                  + (classify(model, fake, device) <= 0).float().mean().item())
+def _validate(model, real, fake, device) -> dict[str, float]:
+    """Validation measures of the current weights: balanced accuracy, AP and BCE loss."""
+    r, f = classify(model, real, device), classify(model, fake, device)
+    m = detection_metrics(r, f)
+    # Class-balanced loss, like the accuracy: each side counts one half whatever its size.
+    loss = 0.5 * (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                  + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
+    return {"accuracy": m["accuracy"], "ap": m["ap"], "loss": loss.item()}
+
+
+def _score(val: dict[str, float], select: str) -> float:
+    """Higher is better: the selection measure, loss negated."""
+    return -val["loss"] if select == "loss" else val[select]
 
 
 def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
@@ -68,11 +79,14 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
     steps_per_epoch = max(1, min(len(real_tr), len(fake_tr)) // half)
     torch.manual_seed(seed)
     model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, betas=(0.9, 0.999))
+    # AdamW with weight_decay 0 is exactly Adam.
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=(0.9, 0.999),
+                            weight_decay=tcfg.weight_decay)
     real_sampler = EpochSampler(len(real_tr), half, seed)
     fake_sampler = EpochSampler(len(fake_tr), half, seed + 7)
     augment = make_augment(tcfg.augment, seed)
-    epoch, best_acc, best_epoch, bad_epochs = 0, -1.0, -1, 0
+    epoch, best_score, best_epoch, bad_epochs = 0, -float("inf"), -1, 0
+    best_val: dict[str, float] = {}
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     ckpt = out_dir / CHECKPOINT
     if ckpt.exists():
@@ -85,15 +99,18 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
             augment.generator.set_state(s["augment_rng"])
         set_rng_state(s["rng"])
         best_state = s["best_state"]
-        epoch, best_acc, best_epoch, bad_epochs = s["epoch"], s["best_acc"], s["best_epoch"], s["bad_epochs"]
-    target = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)  # real = 1
+        epoch, best_epoch, bad_epochs = s["epoch"], s["best_epoch"], s["bad_epochs"]
+        best_score, best_val = s["best_score"], s["best_val"]
     bar = tqdm(total=tcfg.epochs * steps_per_epoch, initial=epoch * steps_per_epoch,
                desc=label or out_dir.name, unit="step", disable=not progress, leave=False,
                dynamic_ncols=True)
     while epoch < tcfg.epochs and opt.param_groups[0]["lr"] >= tcfg.min_lr:
         t0, loss_sum = time.perf_counter(), 0.0
         for _ in range(steps_per_epoch):
-            x = torch.cat([real_tr[real_sampler.next()], fake_tr[fake_sampler.next()]])
+            r, f = real_tr[real_sampler.next()], fake_tr[fake_sampler.next()]
+            # A side smaller than half a batch gives a shorter batch, not a crash.
+            target = torch.cat([torch.ones(len(r)), torch.zeros(len(f))]).to(device)  # real = 1
+            x = torch.cat([r, f])
             if augment is not None:
                 x = augment(x)
             logits = model(to_model_range(x.to(device)))
@@ -104,9 +121,9 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
             loss_sum += loss.item()
             bar.update(1)
         epoch += 1
-        val_acc = _balanced_accuracy(model, real_val, fake_val, device)
-        if val_acc > best_acc + 1e-3:
-            best_acc, best_epoch, bad_epochs = val_acc, epoch, 0
+        val = _validate(model, real_val, fake_val, device)
+        if _score(val, tcfg.select) > best_score + 1e-3:
+            best_score, best_val, best_epoch, bad_epochs = _score(val, tcfg.select), val, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
@@ -116,18 +133,21 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
                 bad_epochs = 0
         dt = time.perf_counter() - t0
         append_jsonl(out_dir / "log.jsonl", {
-            "epoch": epoch, "loss": loss_sum / steps_per_epoch, "val_accuracy": val_acc,
+            "epoch": epoch, "loss": loss_sum / steps_per_epoch, "val_accuracy": val["accuracy"],
+            "val_ap": val["ap"], "val_loss": val["loss"],
             "lr": opt.param_groups[0]["lr"], "img_per_s": round(steps_per_epoch * 2 * half / dt, 1)})
-        bar.set_postfix(val_acc=f"{val_acc:.3f}")
+        bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", val_ap=f"{val['ap']:.3f}")
         save_state(ckpt, {
             "model": model.state_dict(), "opt": opt.state_dict(), "best_state": best_state,
             "real_sampler": real_sampler.state_dict(), "fake_sampler": fake_sampler.state_dict(),
             "augment_rng": augment.generator.get_state() if augment is not None else torch.zeros(1),
-            "rng": rng_state(), "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,
-            "bad_epochs": bad_epochs})
+            "rng": rng_state(), "epoch": epoch, "best_score": best_score, "best_val": best_val,
+            "best_epoch": best_epoch, "bad_epochs": bad_epochs})
     bar.close()
     model.load_state_dict(best_state)
-    return {"epochs": epoch, "best_epoch": best_epoch, "val_accuracy": best_acc,
+    return {"epochs": epoch, "best_epoch": best_epoch, "select": tcfg.select,
+            "val_accuracy": best_val.get("accuracy", float("nan")),
+            "val_ap": best_val.get("ap", float("nan")), "val_loss": best_val.get("loss", float("nan")),
             "n_real": len(real), "n_fake": len(fake)}
 
 

@@ -1,0 +1,69 @@
+"""`fit_classifier` on real MNIST (3s vs 8s as the two classes): selection, short sides, decay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gangaps.config import ClassifierTrainingConfig
+from gangaps.data.mnist import load_mnist
+from gangaps.models.classifiers import build_classifier
+from gangaps.train.classifier import _split, _validate, fit_classifier
+
+
+@pytest.fixture(scope="module")
+def digits(data_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = load_mnist("train", data_root)
+    return images[labels == 3][:400].unsqueeze(1), images[labels == 8][:400].unsqueeze(1)
+
+
+def _fit(digits, tmp_path: Path, **training) -> tuple[torch.nn.Module, dict, list[dict]]:
+    torch.set_num_threads(1)
+    real, fake = training.pop("real", digits[0]), training.pop("fake", digits[1])
+    tcfg = ClassifierTrainingConfig(**{"n_real": len(real), "n_fake": len(fake), "batch_size": 32,
+                                       "lr": 1e-3, "epochs": 5, "patience": 10, **training})
+    model = build_classifier("small_cnn", 1, 28, width=8)
+    summary = fit_classifier(model, real, fake, tcfg, seed=3, out_dir=tmp_path, device=torch.device("cpu"),
+                             progress=False)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    return model, summary, log
+
+
+@pytest.mark.parametrize("select", ["accuracy", "ap", "loss"])
+def test_kept_epoch_is_the_best_on_the_selected_measure(digits, tmp_path: Path, select: str) -> None:
+    model, summary, log = _fit(digits, tmp_path, select=select)
+    assert len(log) == 5 and summary["select"] == select
+    key = {"accuracy": "val_accuracy", "ap": "val_ap", "loss": "val_loss"}[select]
+    sign = -1 if select == "loss" else 1
+    best_epoch, best = None, -float("inf")
+    for row in log:  # the rule: a gain of more than 1e-3 makes a new best
+        if sign * row[key] > best + 1e-3:
+            best_epoch, best = row["epoch"], sign * row[key]
+    assert summary["best_epoch"] == best_epoch
+    # The returned weights are that epoch's: validating them again gives its logged measures.
+    real_val = _split(digits[0], 0.1, 3)[1]
+    fake_val = _split(digits[1], 0.1, 4)[1]
+    again = _validate(model, real_val, fake_val, "cpu")
+    logged = log[best_epoch - 1]
+    assert again["loss"] == pytest.approx(logged["val_loss"], abs=1e-5)
+    assert again["ap"] == pytest.approx(logged["val_ap"], abs=1e-6)
+    assert summary["val_ap"] == pytest.approx(logged["val_ap"])
+
+
+def test_a_side_smaller_than_half_a_batch_still_trains(digits, tmp_path: Path) -> None:
+    # 20 real images leave 18 to train on, fewer than the 32 a balanced batch of 64 asks for.
+    _, summary, log = _fit(digits, tmp_path, real=digits[0][:20], batch_size=64, epochs=2)
+    assert summary["epochs"] == 2
+    assert all(0 < row["loss"] < 10 for row in log)
+
+
+def test_weight_decay_shrinks_the_weights(digits, tmp_path: Path) -> None:
+    def weight_norm(model: torch.nn.Module) -> float:
+        return sum(p.detach().pow(2).sum().item() for n, p in model.named_parameters() if "weight" in n)
+
+    plain, _, _ = _fit(digits, tmp_path / "plain", epochs=2, lr=3e-3)
+    decayed, _, _ = _fit(digits, tmp_path / "decayed", epochs=2, lr=3e-3, weight_decay=20.0)
+    assert weight_norm(decayed) < 0.8 * weight_norm(plain)
