@@ -170,3 +170,6 @@ def test_bad_training_value_names_the_flag(faces: Path, tmp_path: Path, capsys: 
     err = _one_line_error(_train_args(faces, tmp_path / "o", "--val-fraction", "0.7"), capsys)
     assert "--val-fraction" in err
     assert not (tmp_path / "o").exists()
+    err = _one_line_error(_train_args(faces, tmp_path / "o", "--weight-decay", "-1"), capsys)
+    assert "--weight-decay" in err
+    assert not (tmp_path / "o").exists()

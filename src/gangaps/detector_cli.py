@@ -212,7 +212,8 @@ def _augment(args: argparse.Namespace) -> dict[str, Any]:
 def _training_config(args: argparse.Namespace, n_real: int, n_fake: int,
                      augment: dict[str, Any]) -> ClassifierTrainingConfig:
     flags = {"val_fraction": "--val-fraction", "batch_size": "--batch-size", "lr": "--lr",
-             "epochs": "--epochs", "patience": "--patience", "min_lr": "--min-lr"}
+             "epochs": "--epochs", "patience": "--patience", "min_lr": "--min-lr",
+             "select": "--select", "weight_decay": "--weight-decay"}
     try:
         return ClassifierTrainingConfig(n_real=n_real, n_fake=n_fake, augment=augment,
                                         **{k: getattr(args, k) for k in flags})
@@ -277,7 +278,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         "generators": [str(p) for p in gens], "n_real": args.n_real, "n_fake": args.n_fake,
         "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
         "val_fraction": args.val_fraction, "patience": args.patience, "min_lr": args.min_lr,
-        "augment": augment, "seed": args.seed,
+        "select": args.select, "weight_decay": args.weight_decay, "augment": augment, "seed": args.seed,
     }
     if (out / SUMMARY).exists() and (out / FINAL).exists():
         _check_settings(out, settings)
@@ -320,7 +321,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     save_classifier(out / FINAL, model, args.arch, options, args.channels, args.resolution, summary)
     atomic_write_json(out / SUMMARY, {**summary, "settings": settings})
     print(f"{out / FINAL}: best epoch {summary['best_epoch']} of {summary['epochs']}, "
-          f"validation accuracy {summary['val_accuracy']:.3f}")
+          f"validation accuracy {summary['val_accuracy']:.3f}, AP {summary['val_ap']:.3f}")
 
 
 # --------------------------------------------------------------------- evaluate-classifier
@@ -422,7 +423,7 @@ def add_detector_commands(sub: argparse._SubParsersAction) -> None:
                         "width=32)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=20, help="maximum epochs (default 20)")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam(W) learning rate (default 1e-3)")
     g.add_argument("--batch-size", type=int, default=64,
                    help="images per step, half real half fake (default 64)")
     g.add_argument("--val-fraction", type=float, default=0.1,
@@ -430,6 +431,10 @@ def add_detector_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--patience", type=int, default=2,
                    help="epochs without validation gain before lr/10 (default 2)")
     g.add_argument("--min-lr", type=float, default=1e-6, help="stop once lr falls below (default 1e-6)")
+    g.add_argument("--select", choices=["accuracy", "ap", "loss"], default="accuracy",
+                   help="validation measure for lr drops, stopping and the kept epoch: balanced accuracy "
+                        "at logit 0 (CNNDetection, default), average precision, or loss")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (default 0)")
     g.add_argument("--seed", type=int, default=0, help="split, sampling, init and augmentation seed")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     g = p.add_argument_group("augmentation (CNNDetection: blur -> JPEG -> crop -> flip, per image)")
