@@ -62,6 +62,7 @@ class Setup:
     min_lr: float = 1e-4  # 1e-3, one drop to 1e-4, then stop at the next plateau
     select: str = "accuracy"  # validation measure for early stopping and the kept epoch
     weight_decay: float = 0.0
+    ema: float = 0.0
 
 
 # Epoch caps keep the whole run inside ~45 CPU-minutes on one shared thread; early stopping usually
@@ -155,7 +156,7 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
         tcfg = ClassifierTrainingConfig(n_real=len(real_tr), n_fake=len(fake_tr), val_fraction=0.125,
                                         batch_size=64, lr=1e-3, epochs=s.epochs, patience=s.patience,
                                         min_lr=s.min_lr, augment=augment, select=s.select,
-                                        weight_decay=s.weight_decay)
+                                        weight_decay=s.weight_decay, ema=s.ema)
         summary = fit_classifier(model, real_tr, fake_tr, tcfg, seed, out_dir, torch.device("cpu"),
                                  progress=sys.stderr.isatty(), label=s.name)
     train_s = time.perf_counter() - t0
@@ -165,7 +166,7 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
               "recipe": "detector" if s.recipe else "baseline", "augment": augment,
               "patience": s.patience if s.recipe else None, "min_lr": s.min_lr if s.recipe else None,
               "select": s.select if s.recipe else None,
-              "weight_decay": s.weight_decay if s.recipe else None,
+              "weight_decay": s.weight_decay if s.recipe else None, "ema": s.ema if s.recipe else None,
               "max_epochs": s.epochs, **summary, **m,
               "ap_ci95": list(bootstrap_ci(real_logits, fake_logits, "ap", n_boot, seed=seed)),
               "n_test_real": len(real_te), "n_test_fake": len(fake_te),

@@ -10,8 +10,9 @@ import torch
 
 from gangaps.config import ClassifierTrainingConfig
 from gangaps.data.mnist import load_mnist
+from gangaps.io import load_state
 from gangaps.models.classifiers import build_classifier
-from gangaps.train.classifier import _split, _validate, fit_classifier
+from gangaps.train.classifier import CHECKPOINT, _split, _validate, fit_classifier
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,7 @@ def _fit(digits, tmp_path: Path, **training) -> tuple[torch.nn.Module, dict, lis
     real, fake = training.pop("real", digits[0]), training.pop("fake", digits[1])
     tcfg = ClassifierTrainingConfig(**{"n_real": len(real), "n_fake": len(fake), "batch_size": 32,
                                        "lr": 1e-3, "epochs": 5, "patience": 10, **training})
+    torch.manual_seed(0)  # the same initial weights in every call
     model = build_classifier("small_cnn", 1, 28, width=8)
     summary = fit_classifier(model, real, fake, tcfg, seed=3, out_dir=tmp_path, device=torch.device("cpu"),
                              progress=False)
@@ -67,3 +69,20 @@ def test_weight_decay_shrinks_the_weights(digits, tmp_path: Path) -> None:
     plain, _, _ = _fit(digits, tmp_path / "plain", epochs=2, lr=3e-3)
     decayed, _, _ = _fit(digits, tmp_path / "decayed", epochs=2, lr=3e-3, weight_decay=20.0)
     assert weight_norm(decayed) < 0.8 * weight_norm(plain)
+
+
+def test_ema_weights_are_kept_and_resume_exactly(digits, tmp_path: Path) -> None:
+    one_epoch, summary, _ = _fit(digits, tmp_path / "resumed", epochs=1, ema=0.9)
+    raw = load_state(tmp_path / "resumed" / CHECKPOINT)
+    assert summary["best_epoch"] == 1
+    for name, value in one_epoch.state_dict().items():  # the average is what is kept...
+        assert torch.equal(value, raw["ema"][name]), name
+    # ...and it is not the raw weights, which the checkpoint holds too.
+    assert not torch.equal(raw["ema"]["net.0.weight"], raw["model"]["net.0.weight"])
+    # A second run asking for two epochs resumes to the same weights as two epochs at once.
+    resumed, _, _ = _fit(digits, tmp_path / "resumed", epochs=2, ema=0.9)
+    straight, _, _ = _fit(digits, tmp_path / "straight", epochs=2, ema=0.9)
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    assert torch.equal(load_state(tmp_path / "resumed" / CHECKPOINT)["ema"]["net.0.weight"],
+                       load_state(tmp_path / "straight" / CHECKPOINT)["ema"]["net.0.weight"])

@@ -88,6 +88,8 @@ class ClassifierTrainingConfig(_Section):
         "accuracy", description="validation measure for early stopping and the kept epoch: "
         "balanced accuracy at logit 0 (CNNDetection), average precision, or -BCE loss")
     weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (AdamW)")
+    ema: float = Field(0.0, ge=0, lt=1, description="per-step decay of an exponential moving "
+                       "average of the weights, which is then validated and kept (0: off)")
     augment: dict[str, Any] = Field(default_factory=dict, description="detector augmentation "
                                     "(crop, flip, blur_prob, blur_sigma, jpeg_prob, jpeg_quality)")
 

@@ -213,7 +213,7 @@ def _training_config(args: argparse.Namespace, n_real: int, n_fake: int,
                      augment: dict[str, Any]) -> ClassifierTrainingConfig:
     flags = {"val_fraction": "--val-fraction", "batch_size": "--batch-size", "lr": "--lr",
              "epochs": "--epochs", "patience": "--patience", "min_lr": "--min-lr",
-             "select": "--select", "weight_decay": "--weight-decay"}
+             "select": "--select", "weight_decay": "--weight-decay", "ema": "--ema"}
     try:
         return ClassifierTrainingConfig(n_real=n_real, n_fake=n_fake, augment=augment,
                                         **{k: getattr(args, k) for k in flags})
@@ -278,7 +278,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         "generators": [str(p) for p in gens], "n_real": args.n_real, "n_fake": args.n_fake,
         "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
         "val_fraction": args.val_fraction, "patience": args.patience, "min_lr": args.min_lr,
-        "select": args.select, "weight_decay": args.weight_decay, "augment": augment, "seed": args.seed,
+        "select": args.select, "weight_decay": args.weight_decay, "ema": args.ema,
+        "augment": augment, "seed": args.seed,
     }
     if (out / SUMMARY).exists() and (out / FINAL).exists():
         _check_settings(out, settings)
@@ -435,6 +436,9 @@ def add_detector_commands(sub: argparse._SubParsersAction) -> None:
                    help="validation measure for lr drops, stopping and the kept epoch: balanced accuracy "
                         "at logit 0 (CNNDetection, default), average precision, or loss")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (default 0)")
+    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights, with this "
+                        "per-step decay, e.g. 0.999 (default 0: off)")
     g.add_argument("--seed", type=int, default=0, help="split, sampling, init and augmentation seed")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     g = p.add_argument_group("augmentation (CNNDetection: blur -> JPEG -> crop -> flip, per image)")

@@ -3,12 +3,14 @@
 `fit_classifier` trains any registered architecture on two uint8 image sets (real, fake) with a
 validation split, detector augmentation, early stopping and learning-rate drops (CNNDetection's
 schedule: no validation gain for `patience` epochs -> lr/10; stop below `min_lr`), keeping the
-best epoch. It checkpoints the full state every epoch and resumes exactly. `train_classifier`
-is the experiment's job: it draws the fake side from the frozen train-subset generators.
+best epoch by the `select` measure (of an exponential moving average of the weights if `ema`).
+It checkpoints the full state every epoch and resumes exactly. `train_classifier` is the
+experiment's job: it draws the fake side from the frozen train-subset generators.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -69,6 +71,17 @@ def _score(val: dict[str, float], select: str) -> float:
     return -val["loss"] if select == "loss" else val[select]
 
 
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    # Buffers too (BatchNorm statistics), as timm's ModelEmaV2: the averaged weights then
+    # come with statistics that match them.
+    for e, p in zip(ema.state_dict().values(), model.state_dict().values()):
+        if e.dtype.is_floating_point:
+            e.lerp_(p, 1 - decay)
+        else:
+            e.copy_(p)
+
+
 def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
                    tcfg: ClassifierTrainingConfig, seed: int, out_dir: Path,
                    device: torch.device, progress: bool = True, label: str = "") -> dict:
@@ -82,6 +95,8 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
     # AdamW with weight_decay 0 is exactly Adam.
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=(0.9, 0.999),
                             weight_decay=tcfg.weight_decay)
+    # The weights that are validated and kept: an exponential moving average when asked.
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if tcfg.ema else None
     real_sampler = EpochSampler(len(real_tr), half, seed)
     fake_sampler = EpochSampler(len(fake_tr), half, seed + 7)
     augment = make_augment(tcfg.augment, seed)
@@ -93,6 +108,8 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
         s = load_state(ckpt)
         model.load_state_dict(s["model"])
         opt.load_state_dict(s["opt"])
+        if ema is not None:
+            ema.load_state_dict(s["ema"])
         real_sampler.load_state_dict(s["real_sampler"])
         fake_sampler.load_state_dict(s["fake_sampler"])
         if augment is not None:
@@ -118,13 +135,16 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                _ema_update(ema, model, tcfg.ema)
             loss_sum += loss.item()
             bar.update(1)
         epoch += 1
-        val = _validate(model, real_val, fake_val, device)
+        kept = ema if ema is not None else model
+        val = _validate(kept, real_val, fake_val, device)
         if _score(val, tcfg.select) > best_score + 1e-3:
             best_score, best_val, best_epoch, bad_epochs = _score(val, tcfg.select), val, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
         else:
             bad_epochs += 1
             if bad_epochs >= tcfg.patience:  # CNNDetection: drop lr by 10, keep going
@@ -139,6 +159,7 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
         bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", val_ap=f"{val['ap']:.3f}")
         save_state(ckpt, {
             "model": model.state_dict(), "opt": opt.state_dict(), "best_state": best_state,
+            "ema": ema.state_dict() if ema is not None else torch.zeros(1),
             "real_sampler": real_sampler.state_dict(), "fake_sampler": fake_sampler.state_dict(),
             "augment_rng": augment.generator.get_state() if augment is not None else torch.zeros(1),
             "rng": rng_state(), "epoch": epoch, "best_score": best_score, "best_val": best_val,
