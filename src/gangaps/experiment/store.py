@@ -131,7 +131,13 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed process whose parent never reaped it (a container with no init) still answers
+    # kill(pid, 0) as a zombie; it writes nothing, so its lock is stale. Linux only.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
