@@ -57,6 +57,7 @@ class Setup:
     recipe: bool = True
     epochs: int = 20
     crop: int | None = None  # None: 7/8 of the resolution (56 px at 64); 0: no crop
+    shift: bool = False  # random crop at full size after reflect-padding by resolution/16 px
     blur_jpeg_prob: float = 0.1
     patience: int = 4
     min_lr: float = 1e-4  # 1e-3, one drop to 1e-4, then stop at the next plateau
@@ -90,6 +91,10 @@ SETUPS = [
     Setup("resnet18_ema", "resnet18", epochs=24, crop=0, select="ap", ema=0.99),
     Setup("resnet18_nomaxpool_ema", "resnet18", {"stem": "no_maxpool"}, epochs=20, crop=0, select="ap",
           ema=0.99),
+    # Crops that keep scale: a random shift of up to 4 px at 64 px (pad 4, crop 64), the crop of
+    # CIFAR-style from-scratch training. A harder task needs more epochs, so patience 6.
+    Setup("resnet18_shift_ema", "resnet18", epochs=40, crop=0, shift=True, select="ap", ema=0.99,
+          patience=6),
 ]
 
 
@@ -155,7 +160,8 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
         crop = resolution * 7 // 8 if s.crop is None else s.crop or None
         # CNNDetection's blur σ ∈ [0, 3] is for 256 px images; scaled to ≤ 1 px here, where a
         # σ of 3 would wipe out a 64 px face. JPEG quality keeps its [30, 100].
-        augment = {**({"crop": crop} if crop else {}), "flip": True, "blur_prob": s.blur_jpeg_prob,
+        augment = {**({"crop": crop} if crop else {}),
+                   **({"pad": resolution // 16} if s.shift else {}), "flip": True, "blur_prob": s.blur_jpeg_prob,
                    "blur_sigma": [0.0, 1.0],
                    "jpeg_prob": s.blur_jpeg_prob, "jpeg_quality": [30, 100]}
         tcfg = ClassifierTrainingConfig(n_real=len(real_tr), n_fake=len(fake_tr), val_fraction=0.125,
@@ -169,7 +175,7 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
     m = detection_metrics(real_logits, fake_logits)
     result = {"name": s.name, "arch": s.arch, "options": s.options, "resolution": resolution,
               "recipe": "detector" if s.recipe else "baseline", "augment": augment,
-              "patience": s.patience if s.recipe else None, "min_lr": s.min_lr if s.recipe else None,
+              "shift": s.shift if s.recipe else None, "patience": s.patience if s.recipe else None, "min_lr": s.min_lr if s.recipe else None,
               "select": s.select if s.recipe else None,
               "weight_decay": s.weight_decay if s.recipe else None, "ema": s.ema if s.recipe else None,
               "max_epochs": s.epochs, **summary, **m,

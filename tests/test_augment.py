@@ -129,6 +129,24 @@ def test_random_crop_is_a_window_of_the_input():
     assert len(offsets) > 1  # per-image offsets
 
 
+@pytest.mark.parametrize("crop", [32, None, 30])
+def test_padded_crop_is_a_shifted_window_of_the_reflect_padded_input(crop):
+    x = _images(6, s=32)
+    y = DetectorAugment(crop=crop, pad=3)(x, _gen(0))
+    side = crop or 32  # without crop, the padded images are cropped back to their own size
+    assert y.shape == (6, 3, side, side)
+    padded = torch.nn.functional.pad(x, (3, 3, 3, 3), mode="reflect")
+    offsets = set()
+    for xi, yi in zip(padded, y, strict=True):
+        n = 38 - side + 1
+        hits = [(t, l) for t in range(n) for l in range(n) if torch.equal(xi[:, t:t + side, l:l + side], yi)]
+        assert len(hits) == 1
+        offsets.add(hits[0])
+    assert len(offsets) > 1
+    with pytest.raises(UserError, match="smaller than the images"):
+        DetectorAugment(pad=32)(x, _gen(0))
+
+
 def test_center_crop_and_eval_view():
     x = torch.arange(36.0).view(1, 1, 6, 6)
     assert torch.equal(center_crop(x, 2), x[..., 2:4, 2:4])
@@ -149,7 +167,7 @@ def test_from_config_and_describe_round_trip():
     aug = DetectorAugment.from_config(cfg)
     assert aug.blur_sigma == (0.0, 3.0) and aug.jpeg_quality == (30, 100)
     d = aug.describe()
-    assert d == {**cfg, "blur_sigma": [0.0, 3.0]}
+    assert d == {**cfg, "pad": 0, "blur_sigma": [0.0, 3.0]}
     assert DetectorAugment.from_config(d) == aug
     assert DetectorAugment.from_config(None) == DetectorAugment()
     assert DetectorAugment(generator=_gen(0)) == DetectorAugment()  # RNG is not a setting
@@ -166,6 +184,8 @@ def test_from_config_and_describe_round_trip():
     {"jpeg_quality": [30.5, 90]},
     {"crop": 0},
     {"crop": True},
+    {"pad": -1},
+    {"pad": 1.5},
     {"flip": "yes"},
     {"generator": None},
 ])

@@ -197,6 +197,8 @@ def _augment(args: argparse.Namespace) -> dict[str, Any]:
     aug: dict[str, Any] = {}
     if args.crop is not None:
         aug["crop"] = args.crop
+    if args.pad:
+        aug["pad"] = args.pad
     if args.flip:
         aug["flip"] = True
     if args.blur_prob > 0:
@@ -204,8 +206,11 @@ def _augment(args: argparse.Namespace) -> dict[str, Any]:
     if args.jpeg_prob > 0:
         aug.update(jpeg_prob=args.jpeg_prob, jpeg_quality=_pair(args.jpeg_quality, "--jpeg-quality", int))
     DetectorAugment.from_config(aug)  # bad values fail now, before any image is decoded
-    if args.crop is not None and args.crop > args.resolution:
-        raise UserError(f"--crop {args.crop} is larger than --resolution {args.resolution}")
+    if args.crop is not None and args.crop > args.resolution + 2 * args.pad:
+        raise UserError(f"--crop {args.crop} is larger than --resolution {args.resolution}"
+                        f"{f' padded by --pad {args.pad}' if args.pad else ''}")
+    if args.pad >= args.resolution:
+        raise UserError(f"--pad {args.pad} must be smaller than --resolution {args.resolution}")
     return aug
 
 
@@ -443,6 +448,9 @@ def add_detector_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     g = p.add_argument_group("augmentation (CNNDetection: blur -> JPEG -> crop -> flip, per image)")
     g.add_argument("--crop", type=int, metavar="PX", help="random PX×PX crop (evaluation sees full images)")
+    g.add_argument("--pad", type=int, default=0, metavar="PX",
+                   help="reflect-pad PX on every side before the random crop: --crop = --resolution "
+                        "with --pad 4 shifts images by up to 4 px at full size (default 0)")
     g.add_argument("--flip", action="store_true", help="random horizontal flip")
     g.add_argument("--blur-prob", type=float, default=0.0, help="probability of Gaussian blur (default 0)")
     g.add_argument("--blur-sigma", default="0,3", metavar="LO,HI", help="blur σ range in px (default 0,3)")

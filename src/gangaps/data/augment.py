@@ -115,7 +115,11 @@ def _range(name: str, value: Any, lo: float, hi: float, integer: bool) -> tuple:
 class DetectorAugment:
     """CNNDetection-style augmentation for GAN-classifier training batches.
 
-    crop: random square crop side (None: no crop). flip: random horizontal flip (p = 0.5).
+    crop: random square crop side (None: no crop). pad: reflect-pad every side by this many
+    pixels before the crop (torchvision's RandomCrop padding), so `crop` = image side with
+    `pad` = 4 is a random shift of up to 4 px that keeps the whole size and scale; without
+    `crop` the padded images are cropped back to their own size. flip: random horizontal
+    flip (p = 0.5).
     blur_prob / blur_sigma: Gaussian blur with σ ~ U[blur_sigma] with that probability.
     jpeg_prob / jpeg_quality: JPEG re-compression, quality ~ U{jpeg_quality} (inclusive).
     "Blur+JPEG(0.5)" is `DetectorAugment(crop, True, 0.5, (0, 3), 0.5, (30, 100))`.
@@ -124,6 +128,7 @@ class DetectorAugment:
     """
 
     crop: int | None = None
+    pad: int = 0
     flip: bool = False
     blur_prob: float = 0.0
     blur_sigma: tuple[float, float] = (0.0, 3.0)
@@ -135,6 +140,8 @@ class DetectorAugment:
         if self.crop is not None and (isinstance(self.crop, bool) or not isinstance(
                 self.crop, int) or self.crop < 1):
             raise UserError(f"augment crop must be a positive integer or null, got {self.crop!r}")
+        if isinstance(self.pad, bool) or not isinstance(self.pad, int) or self.pad < 0:
+            raise UserError(f"augment pad must be a non-negative integer, got {self.pad!r}")
         if not isinstance(self.flip, bool):
             raise UserError(f"augment flip must be true or false, got {self.flip!r}")
         for name in ("blur_prob", "jpeg_prob"):
@@ -161,7 +168,7 @@ class DetectorAugment:
 
     def describe(self) -> dict[str, Any]:
         """Plain dict of the settings, for logs and run records."""
-        return {"crop": self.crop, "flip": self.flip, "blur_prob": self.blur_prob,
+        return {"crop": self.crop, "pad": self.pad, "flip": self.flip, "blur_prob": self.blur_prob,
                 "blur_sigma": list(self.blur_sigma), "jpeg_prob": self.jpeg_prob,
                 "jpeg_quality": list(self.jpeg_quality)}
 
@@ -177,8 +184,11 @@ class DetectorAugment:
             y = self(x.float() / 127.5 - 1, generator)
             return ((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         n, _, h, w = x.shape
-        if self.crop is not None and (self.crop > h or self.crop > w):
-            raise UserError(f"augment crop {self.crop} is larger than the images ({h}×{w})")
+        if self.pad >= min(h, w):  # reflect padding mirrors inside the image
+            raise UserError(f"augment pad {self.pad} must be smaller than the images ({h}×{w})")
+        if self.crop is not None and (self.crop > h + 2 * self.pad or self.crop > w + 2 * self.pad):
+            raise UserError(f"augment crop {self.crop} is larger than the images ({h}×{w}"
+                            f"{f' padded by {self.pad}' if self.pad else ''})")
         g = generator if generator is not None else self.generator
 
         def chosen(p: float) -> torch.Tensor:
@@ -201,8 +211,11 @@ class DetectorAugment:
         if len(idx):
             x[idx.to(x.device)] = jpeg_roundtrip(x[idx.to(x.device)], qualities[idx].tolist())
 
-        if self.crop is not None:
-            s = self.crop
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4, mode="reflect")
+        if self.crop is not None or self.pad:
+            s = self.crop or min(h, w)
+            h, w = x.shape[-2:]
             tops = torch.randint(0, h - s + 1, (n,), generator=g).tolist()
             lefts = torch.randint(0, w - s + 1, (n,), generator=g).tolist()
             x = torch.stack([img[:, t:t + s, l:l + s] for img, t, l in
