@@ -161,8 +161,8 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
         # CNNDetection's blur σ ∈ [0, 3] is for 256 px images; scaled to ≤ 1 px here, where a
         # σ of 3 would wipe out a 64 px face. JPEG quality keeps its [30, 100].
         augment = {**({"crop": crop} if crop else {}),
-                   **({"pad": resolution // 16} if s.shift else {}), "flip": True, "blur_prob": s.blur_jpeg_prob,
-                   "blur_sigma": [0.0, 1.0],
+                   **({"pad": resolution // 16} if s.shift else {}), "flip": True,
+                   "blur_prob": s.blur_jpeg_prob, "blur_sigma": [0.0, 1.0],
                    "jpeg_prob": s.blur_jpeg_prob, "jpeg_quality": [30, 100]}
         tcfg = ClassifierTrainingConfig(n_real=len(real_tr), n_fake=len(fake_tr), val_fraction=0.125,
                                         batch_size=64, lr=1e-3, epochs=s.epochs, patience=s.patience,
@@ -175,7 +175,8 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
     m = detection_metrics(real_logits, fake_logits)
     result = {"name": s.name, "arch": s.arch, "options": s.options, "resolution": resolution,
               "recipe": "detector" if s.recipe else "baseline", "augment": augment,
-              "shift": s.shift if s.recipe else None, "patience": s.patience if s.recipe else None, "min_lr": s.min_lr if s.recipe else None,
+              "shift": s.shift if s.recipe else None,
+              "patience": s.patience if s.recipe else None, "min_lr": s.min_lr if s.recipe else None,
               "select": s.select if s.recipe else None,
               "weight_decay": s.weight_decay if s.recipe else None, "ema": s.ema if s.recipe else None,
               "max_epochs": s.epochs, **summary, **m,
