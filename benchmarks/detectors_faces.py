@@ -89,6 +89,7 @@ SETUPS = [
     # An EMA of the weights (decay 0.99 ≈ a 4-epoch horizon at 24 steps per epoch) smooths the
     # epoch-to-epoch jitter of validation AP that best-epoch selection otherwise chases.
     Setup("resnet18_ema", "resnet18", epochs=24, crop=0, select="ap", ema=0.99),
+    Setup("resnet18_ema995", "resnet18", epochs=24, crop=0, select="ap", ema=0.995),
     Setup("resnet18_nomaxpool_ema", "resnet18", {"stem": "no_maxpool"}, epochs=20, crop=0, select="ap",
           ema=0.99),
     # Crops that keep scale: a random shift of up to 4 px at 64 px (pad 4, crop 64), the crop of
