@@ -1,4 +1,4 @@
-"""`fit_classifier` on real MNIST (3s vs 8s as the two classes): selection, short sides, decay."""
+"""Classifier training on real MNIST: selection, short sides, decay, EMA, fakes on the fly."""
 
 from __future__ import annotations
 
@@ -8,11 +8,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from gangaps.config import ClassifierTrainingConfig
+from gangaps.config import ClassifierTrainingConfig, Config, load_config
+from gangaps.data import load_real
 from gangaps.data.mnist import load_mnist
 from gangaps.io import load_state
 from gangaps.models.classifiers import build_classifier
-from gangaps.train.classifier import CHECKPOINT, _split, _validate, fit_classifier
+from gangaps.train.classifier import (
+    CHECKPOINT,
+    FINAL,
+    GeneratorStream,
+    _even_split,
+    _split,
+    _validate,
+    fake_bank,
+    fit_classifier,
+    train_classifier,
+)
+from gangaps.train.gan import CHECKPOINT as GEN_CHECKPOINT
+from gangaps.train.gan import GeneratorJob, train_generator
+from tests.conftest import tiny_overrides
+
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +102,56 @@ def test_ema_weights_are_kept_and_resume_exactly(digits, tmp_path: Path) -> None
         assert torch.equal(value, resumed.state_dict()[name]), name
     assert torch.equal(load_state(tmp_path / "resumed" / CHECKPOINT)["ema"]["net.0.weight"],
                        load_state(tmp_path / "straight" / CHECKPOINT)["ema"]["net.0.weight"])
+
+
+# ---------------------------------------------------------------- fakes drawn on the fly
+
+
+@pytest.fixture(scope="module")
+def generators(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, list[Path]]:
+    """Two independently trained tiny DCGAN instances (real GAN loop, 0.5 kimg each)."""
+    torch.set_num_threads(1)
+    cfg = load_config(None, tiny_overrides(**{"data.path": str(data_root), "gan.kimg": 0.5}))
+    real = load_real(cfg.data).gan_train[:2000]
+    root = tmp_path_factory.mktemp("generators")
+    for seed in (1, 2):
+        train_generator(GeneratorJob(root / f"g{seed}", seed=seed), cfg, real, CPU, progress=False)
+    return cfg, [root / f"g{seed}" / GEN_CHECKPOINT for seed in (1, 2)]
+
+
+def test_even_split_rotates_the_remainder() -> None:
+    assert _even_split(7, 2, 3) == [3, 4] and _even_split(7, 2, 0) == [4, 3]
+    totals = [sum(col) for col in zip(*(_even_split(5, 3, step) for step in range(3)))]
+    assert totals == [5, 5, 5]  # over k steps every generator gives the same number
+
+
+def test_stream_batches_are_fresh_and_reproducible(generators) -> None:
+    _, paths = generators
+    stream = GeneratorStream(paths, seed=0, device=CPU)
+    a = stream.draw(7, step=3)
+    assert a.shape == (7, 1, 28, 28) and a.dtype == torch.uint8
+    assert torch.equal(a, GeneratorStream(paths, seed=0, device=CPU).draw(7, step=3))
+    assert not torch.equal(a, stream.draw(7, step=4))
+    assert not torch.equal(a, GeneratorStream(paths, seed=1, device=CPU).draw(7, step=3))
+    bank = fake_bank(paths, 7, seed=0, device=CPU)
+    assert not any(torch.equal(x, y) for x in a for y in bank)  # the stream never repeats the bank
+
+
+def test_on_the_fly_training_validates_on_a_bank_and_resumes_exactly(generators, tmp_path: Path) -> None:
+    cfg, paths = generators
+    real = load_real(cfg.data).classifier_train[:400]
+    tcfg = ClassifierTrainingConfig(n_real=400, n_fake=400, batch_size=32, lr=1e-3, epochs=2,
+                                    fakes="on_the_fly")
+
+    def train(out: Path, epochs: int) -> dict:
+        torch.manual_seed(0)
+        return train_classifier(out, "small_cnn", {"width": 8}, 5, paths, real,
+                                tcfg.model_copy(update={"epochs": epochs}), CPU, progress=False)
+
+    straight = train(tmp_path / "straight", 2)
+    assert straight["n_fake"] == 40  # n_fake × val_fraction validation fakes; training draws fresh ones
+    train(tmp_path / "resumed", 1)
+    train(tmp_path / "resumed", 2)
+    a, b = (load_state(tmp_path / d / FINAL)["model"] for d in ("straight", "resumed"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

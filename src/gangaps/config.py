@@ -77,7 +77,11 @@ class ClassifierSpec(_Section):
 
 class ClassifierTrainingConfig(_Section):
     n_real: int = Field(60_000, ge=2, description="real training images (before validation split)")
-    n_fake: int = Field(60_000, ge=2, description="fakes, split evenly over train generators")
+    n_fake: int = Field(60_000, ge=2, description="fakes, split evenly over train generators "
+                        "(with fakes=on_the_fly, n_fake × val_fraction of them validate)")
+    fakes: Literal["bank", "on_the_fly"] = Field(
+        "bank", description="bank: n_fake samples drawn once; on_the_fly: fresh samples from the "
+        "frozen generators for every training batch")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(1e-4, gt=0)

@@ -84,12 +84,21 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
                    tcfg: ClassifierTrainingConfig, seed: int, out_dir: Path,
-                   device: torch.device, progress: bool = True, label: str = "") -> dict:
-    """Train `model` on uint8 real vs fake images; return a summary. Resumes from out_dir."""
+                   device: torch.device, progress: bool = True, label: str = "",
+                   fake_stream: GeneratorStream | None = None) -> dict:
+    """Train `model` on uint8 real vs fake images; return a summary. Resumes from out_dir.
+
+    With `fake_stream`, every training batch's fakes are drawn fresh from it and all of `fake`
+    is the validation set; otherwise `fake` is a bank, split like `real`.
+    """
     real_tr, real_val = _split(real, tcfg.val_fraction, seed)
-    fake_tr, fake_val = _split(fake, tcfg.val_fraction, seed + 1)
+    if fake_stream is None:
+        fake_tr, fake_val = _split(fake, tcfg.val_fraction, seed + 1)
+    else:
+        fake_tr, fake_val = None, fake
     half = tcfg.batch_size // 2
-    steps_per_epoch = max(1, min(len(real_tr), len(fake_tr)) // half)
+    n_train = min(len(real_tr), len(fake_tr)) if fake_tr is not None else len(real_tr)
+    steps_per_epoch = max(1, n_train // half)
     torch.manual_seed(seed)
     model.to(device).train()
     # AdamW with weight_decay 0 is exactly Adam.
@@ -98,7 +107,7 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
     # The weights that are validated and kept: an exponential moving average when asked.
     ema = copy.deepcopy(model).eval().requires_grad_(False) if tcfg.ema else None
     real_sampler = EpochSampler(len(real_tr), half, seed)
-    fake_sampler = EpochSampler(len(fake_tr), half, seed + 7)
+    fake_sampler = EpochSampler(len(fake_tr), half, seed + 7) if fake_tr is not None else None
     augment = make_augment(tcfg.augment, seed)
     epoch, best_score, best_epoch, bad_epochs = 0, -float("inf"), -1, 0
     best_val: dict[str, float] = {}
@@ -111,7 +120,8 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
         if ema is not None:
             ema.load_state_dict(s["ema"])
         real_sampler.load_state_dict(s["real_sampler"])
-        fake_sampler.load_state_dict(s["fake_sampler"])
+        if fake_sampler is not None:
+            fake_sampler.load_state_dict(s["fake_sampler"])
         if augment is not None:
             augment.generator.set_state(s["augment_rng"])
         set_rng_state(s["rng"])
@@ -123,8 +133,11 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
                dynamic_ncols=True)
     while epoch < tcfg.epochs and opt.param_groups[0]["lr"] >= tcfg.min_lr:
         t0, loss_sum = time.perf_counter(), 0.0
-        for _ in range(steps_per_epoch):
-            r, f = real_tr[real_sampler.next()], fake_tr[fake_sampler.next()]
+        for i in range(steps_per_epoch):
+            r = real_tr[real_sampler.next()]
+            # Checkpoints fall on epoch ends, so the global step index makes the stream resumable.
+            f = fake_tr[fake_sampler.next()] if fake_sampler is not None else \
+                fake_stream.draw(half, epoch * steps_per_epoch + i)
             # A side smaller than half a batch gives a shorter batch, not a crash.
             target = torch.cat([torch.ones(len(r)), torch.zeros(len(f))]).to(device)  # real = 1
             x = torch.cat([r, f])
@@ -160,7 +173,8 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
         save_state(ckpt, {
             "model": model.state_dict(), "opt": opt.state_dict(), "best_state": best_state,
             "ema": ema.state_dict() if ema is not None else torch.zeros(1),
-            "real_sampler": real_sampler.state_dict(), "fake_sampler": fake_sampler.state_dict(),
+            "real_sampler": real_sampler.state_dict(),
+            "fake_sampler": fake_sampler.state_dict() if fake_sampler is not None else {},
             "augment_rng": augment.generator.get_state() if augment is not None else torch.zeros(1),
             "rng": rng_state(), "epoch": epoch, "best_score": best_score, "best_val": best_val,
             "best_epoch": best_epoch, "bad_epochs": bad_epochs})
@@ -188,15 +202,42 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> GAN
     return freeze(model.to(device))
 
 
+def _even_split(n: int, k: int, offset: int = 0) -> list[int]:
+    """n items over k parts, equal up to one; the remainder goes to parts offset, offset+1, …"""
+    per = [n // k] * k
+    for i in range(n % k):
+        per[(offset + i) % k] += 1
+    return per
+
+
 def fake_bank(generator_checkpoints: list[Path], n_fake: int, seed: int,
               device: torch.device) -> torch.Tensor:
     """n_fake uint8 samples split evenly over the frozen generators (seeded per generator)."""
-    per = [n_fake // len(generator_checkpoints)] * len(generator_checkpoints)
-    for i in range(n_fake % len(generator_checkpoints)):
-        per[i] += 1
+    per = _even_split(n_fake, len(generator_checkpoints))
     parts = [generate(load_generator(p, device), n, seed * 1000 + i, device=device)
              for i, (p, n) in enumerate(zip(generator_checkpoints, per))]
     return torch.cat(parts)
+
+
+class GeneratorStream:
+    """Fakes drawn on the fly: fresh samples for every training batch from frozen generators.
+
+    Each batch is split evenly over the generators (the odd samples rotate, so proportions stay
+    equal over steps). Batch `step` depends only on (seed, step), so a resumed training draws
+    exactly the samples an uninterrupted one would; its seeds never meet `fake_bank`'s.
+    """
+
+    def __init__(self, generator_checkpoints: list[Path], seed: int, device: torch.device) -> None:
+        self.generators = [load_generator(p, device) for p in generator_checkpoints]
+        self.seed, self.device = seed, device
+
+    def draw(self, n: int, step: int) -> torch.Tensor:
+        """n uint8 samples [n, C, H, W] on the CPU for training step `step` (≥ 0)."""
+        k = len(self.generators)
+        base = 2**40 + (self.seed * 1_000_003 + step) * k
+        return torch.cat([generate(g, m, base + i, device=self.device)
+                          for i, (g, m) in enumerate(zip(self.generators, _even_split(n, k, step)))
+                          if m])
 
 
 def train_classifier(out_dir: Path, arch: str, options: dict, seed: int,
@@ -206,8 +247,13 @@ def train_classifier(out_dir: Path, arch: str, options: dict, seed: int,
     """The experiment's stage-2 job: train on real vs the train-subset generators, save FINAL."""
     gen = torch.Generator().manual_seed(seed)
     real = real[torch.randperm(len(real), generator=gen)[:tcfg.n_real]]
-    fake = fake_bank(generator_checkpoints, tcfg.n_fake, seed, device)
+    stream = None
+    if tcfg.fakes == "on_the_fly":  # the bank is then only the validation fakes
+        stream = GeneratorStream(generator_checkpoints, seed, device)
+        fake = fake_bank(generator_checkpoints, max(1, round(tcfg.n_fake * tcfg.val_fraction)), seed, device)
+    else:
+        fake = fake_bank(generator_checkpoints, tcfg.n_fake, seed, device)
     model = build_classifier(arch, real.shape[1], real.shape[-1], **options)
-    summary = fit_classifier(model, real, fake, tcfg, seed, out_dir, device, progress, label)
+    summary = fit_classifier(model, real, fake, tcfg, seed, out_dir, device, progress, label, stream)
     save_classifier(out_dir / FINAL, model, arch, options, real.shape[1], real.shape[-1], summary)
     return summary
