@@ -90,6 +90,10 @@ SETUPS = [
     # epoch-to-epoch jitter of validation AP that best-epoch selection otherwise chases.
     Setup("resnet18_ema", "resnet18", epochs=24, crop=0, select="ap", ema=0.99),
     Setup("resnet18_ema995", "resnet18", epochs=24, crop=0, select="ap", ema=0.995),
+    # Shifts hurt (below), so position carries signal on these aligned faces: try a network that
+    # keeps it, the DCGAN discriminator (flatten + dense instead of global pooling).
+    Setup("dcgan_d_ema", "dcgan_d", epochs=30, crop=0, select="ap", ema=0.99),
+    Setup("resnet18_flatten_ema", "resnet18", {"pool": "flatten"}, epochs=24, crop=0, select="ap", ema=0.99),
     Setup("resnet18_nomaxpool_ema", "resnet18", {"stem": "no_maxpool"}, epochs=20, crop=0, select="ap",
           ema=0.99),
     # Crops that keep scale: a random shift of up to 4 px at 64 px (pad 4, crop 64), the crop of

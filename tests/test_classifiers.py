@@ -131,6 +131,19 @@ def test_resnet_stems_keep_resolution(stem, conv_stride, layer4_side):
     assert default.net.conv1.stride == (2, 2) and isinstance(default.net.maxpool, nn.MaxPool2d)
 
 
+@pytest.mark.parametrize("arch, stem, numel", [("resnet18", "imagenet", 512 * 2 * 2),
+                                                ("resnet18", "no_maxpool", 512 * 4 * 4),
+                                                ("resnet50", "imagenet", 2048 * 2 * 2)])
+def test_resnet_flatten_head_sees_the_whole_last_map(arch, stem, numel):
+    model = _build(arch, 3, 64, stem=stem, pool="flatten")
+    assert model.net.fc.in_features == numel and model.input_size == 64
+    # Every input is resized to the build side, so a training crop still fits the fc.
+    assert model.preprocess(_x(2, 3, 56)).shape[-1] == 64
+    x = _x(2, 3, 64).requires_grad_(True)
+    model(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_resnet_never_downloads(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("tried to download weights")

@@ -22,6 +22,7 @@ from gangaps.models.classifiers import GANClassifier, register
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNET_STEMS = ("imagenet", "no_maxpool", "no_downsample")
+RESNET_POOLS = ("avg", "flatten")
 # Smallest side fed to an ImageNet-stem ResNet when the data are smaller: its total stride is
 # 32, so 56 px still leaves a 2×2 map after layer4 (28 px would leave 1×1).
 RESNET_MIN_INPUT = 56
@@ -109,9 +110,11 @@ def _resnet(
     weights_path: str | Path | None,
     input_size: int | None,
     stem: str,
+    pool: str,
 ) -> GANClassifier:
     _check_data(arch, in_channels, resolution)
     _check_choice(arch, "stem", stem, RESNET_STEMS)
+    _check_choice(arch, "pool", pool, RESNET_POOLS)
     if input_size is not None:
         _check_int(arch, "input_size", input_size, 8)
     elif stem == "imagenet":
@@ -128,6 +131,13 @@ def _resnet(
         # no_maxpool, the half-way point: layer1 sees 1/2 resolution instead of 1/4, at 4×
         # (not 16×) the compute of the ImageNet stem.
         net.maxpool = nn.Identity()
+    if pool == "flatten":
+        # A head that knows *where* in the image a feature is (on aligned faces position is
+        # signal): flatten the last map into the fc instead of averaging it away. The map's
+        # size is then fixed, so every input is resized to one side.
+        input_size = input_size or resolution
+        net.avgpool = nn.Identity()
+        net.fc = nn.Linear(_feature_numel(net, input_size), 1)
     if weights_path is not None:
         _load_backbone_weights(net, arch, weights_path)
     # CNNDetection's head: a fresh single-logit fc with weights N(0, 0.02).
@@ -137,6 +147,18 @@ def _resnet(
                          std=IMAGENET_STD, net_channels=3)
 
 
+@torch.no_grad()
+def _feature_numel(net: nn.Module, side: int) -> int:
+    """Values in the last feature map of a torchvision ResNet for side×side inputs."""
+    was_training = net.training
+    net.eval()  # no BatchNorm statistics updates from this probe
+    x = torch.zeros(1, 3, side, side)
+    for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+        x = getattr(net, name)(x)
+    net.train(was_training)
+    return x.numel()
+
+
 @register("resnet18")
 def resnet18(
     in_channels: int,
@@ -144,15 +166,17 @@ def resnet18(
     weights_path: str | Path | None = None,
     input_size: int | None = None,
     stem: str = "imagenet",
+    pool: str = "avg",
 ) -> GANClassifier:
     """torchvision ResNet-18 with one logit; from scratch unless `weights_path` (local file).
 
     input_size: side the network sees (default: data resolution, upsampled by an integer
     factor to ≥ 56 px when below 64 px with the ImageNet stem). stem: 'imagenet',
     'no_maxpool' (stride-2 stem conv, no max-pool) or 'no_downsample' (neither), which keep
-    more of the high frequencies.
+    more of the high frequencies. pool: 'avg' (global average, torchvision's) or 'flatten'
+    (the last feature map flattened into the fc, so the head sees where features are).
     """
-    return _resnet("resnet18", in_channels, resolution, weights_path, input_size, stem)
+    return _resnet("resnet18", in_channels, resolution, weights_path, input_size, stem, pool)
 
 
 @register("resnet50")
@@ -162,9 +186,10 @@ def resnet50(
     weights_path: str | Path | None = None,
     input_size: int | None = None,
     stem: str = "imagenet",
+    pool: str = "avg",
 ) -> GANClassifier:
     """torchvision ResNet-50 with one logit (the CNNDetection detector); options as resnet18."""
-    return _resnet("resnet50", in_channels, resolution, weights_path, input_size, stem)
+    return _resnet("resnet50", in_channels, resolution, weights_path, input_size, stem, pool)
 
 
 # ------------------------------------------------------------------------------ patch classifier
