@@ -157,6 +157,7 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
     out_dir.mkdir(parents=True, exist_ok=True)
     real_tr, fake_tr = (faces[k][splits[k][0]] for k in SIDES)
     real_te, fake_te = (faces[k][splits[k][1]] for k in SIDES)
+    torch.manual_seed(seed)  # initial weights from the seed, whatever ran before in this process
     model = build_classifier(s.arch, 3, resolution, **s.options)
     t0 = time.perf_counter()
     if not s.recipe:

@@ -321,6 +321,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     if not (out / SETTINGS).exists():
         atomic_write_json(out / SETTINGS, settings)
     tcfg = _training_config(args, len(real), len(fake), augment)
+    torch.manual_seed(args.seed)  # initial weights from the seed alone
     model = build_classifier(args.arch, args.channels, args.resolution, **options)
     summary = fit_classifier(model, real, fake, tcfg, args.seed, out, device,
                              progress=not args.quiet, label=f"{args.arch} epochs")

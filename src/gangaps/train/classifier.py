@@ -253,6 +253,7 @@ def train_classifier(out_dir: Path, arch: str, options: dict, seed: int,
         fake = fake_bank(generator_checkpoints, max(1, round(tcfg.n_fake * tcfg.val_fraction)), seed, device)
     else:
         fake = fake_bank(generator_checkpoints, tcfg.n_fake, seed, device)
+    torch.manual_seed(seed)  # the initial weights depend on the seed alone, not on earlier jobs
     model = build_classifier(arch, real.shape[1], real.shape[-1], **options)
     summary = fit_classifier(model, real, fake, tcfg, seed, out_dir, device, progress, label, stream)
     save_classifier(out_dir / FINAL, model, arch, options, real.shape[1], real.shape[-1], summary)
