@@ -144,7 +144,6 @@ def test_on_the_fly_training_validates_on_a_bank_and_resumes_exactly(generators,
                                     fakes="on_the_fly")
 
     def train(out: Path, epochs: int) -> dict:
-        torch.manual_seed(0)
         return train_classifier(out, "small_cnn", {"width": 8}, 5, paths, real,
                                 tcfg.model_copy(update={"epochs": epochs}), CPU, progress=False)
 
@@ -155,3 +154,14 @@ def test_on_the_fly_training_validates_on_a_bank_and_resumes_exactly(generators,
     a, b = (load_state(tmp_path / d / FINAL)["model"] for d in ("straight", "resumed"))
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_initial_weights_depend_on_the_seed_not_on_earlier_randomness(generators, tmp_path: Path) -> None:
+    cfg, paths = generators
+    real = load_real(cfg.data).classifier_train[:200]
+    tcfg = ClassifierTrainingConfig(n_real=200, n_fake=200, batch_size=32, epochs=1)
+    for name, history in (("a", 1), ("b", 1000)):
+        torch.rand(history)  # whatever ran before in this process
+        train_classifier(tmp_path / name, "small_cnn", {"width": 8}, 5, paths, real, tcfg, CPU, progress=False)
+    a, b = (load_state(tmp_path / d / FINAL)["model"] for d in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
