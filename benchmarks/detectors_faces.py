@@ -11,11 +11,13 @@ validation split (early stopping, lr drops, best epoch) comes out of the 80 %, n
   lr 1e-3 (batch 64, shuffled real+fake), no validation, no early stopping, last epoch.
 - recipe: `fit_classifier` (balanced real:fake batches of 64, 12.5 % of the training files held
   out for validation, lr/10 after `patience` epochs without validation gain, stop below
-  min_lr, best epoch kept) with CNNDetection-style augmentation: random crop, flip, and
-  Blur+JPEG with probability p. Evaluation sees the full, un-augmented test images.
+  min_lr, best epoch kept by the `select` measure, optionally of an EMA of the weights) with
+  CNNDetection-style augmentation: random crop (or a scale-keeping shift), flip, and Blur+JPEG
+  with probability p. Evaluation sees the full, un-augmented test images.
 
-One process, one intra-op thread (the box is shared). Every finished configuration writes
-`<work>/<name>/result.json` and is skipped on a re-run, so the benchmark resumes.
+One process, one intra-op thread by default. Every finished configuration writes
+`<work>/<name>_<px>/result.json` and is skipped on a re-run, so the benchmark resumes; use another
+`--work` for another `--seed`.
 
     python benchmarks/detectors_faces.py                          # all configurations, 64 px
     python benchmarks/detectors_faces.py --only baseline,resnet18 --json out.json
@@ -66,9 +68,10 @@ class Setup:
     ema: float = 0.0
 
 
-# Epoch caps keep the whole run inside ~45 CPU-minutes on one shared thread; early stopping usually
-# ends the cheap ones sooner. resnet18/no_downsample costs ~16× resnet18 per pixel (no stem
-# stride, no max-pool), so it trains on 32 px crops (still full 64 px images at test time).
+# In the order they were tried; the comments say what each round learned from the one before.
+# Epoch caps keep each configuration within CPU minutes; early stopping usually ends the cheap
+# ones sooner. resnet18/no_downsample costs ~16× resnet18 per pixel (no stem stride, no
+# max-pool), so it trains on 32 px crops (still full 64 px images at test time).
 SETUPS = [
     Setup("baseline", "resnet18", recipe=False, epochs=12),
     # first recipe tried: patience 2 dropped the lr on validation noise by epoch 6, while the
@@ -86,20 +89,20 @@ SETUPS = [
     # ResNet stems that keep more resolution: at 64 px the ImageNet stem leaves layer1 16×16.
     Setup("resnet18_nocrop_ap", "resnet18", epochs=24, crop=0, select="ap"),
     Setup("resnet18_nomaxpool", "resnet18", {"stem": "no_maxpool"}, epochs=20, crop=0, select="ap"),
-    # An EMA of the weights (decay 0.99 ≈ a 4-epoch horizon at 24 steps per epoch) smooths the
-    # epoch-to-epoch jitter of validation AP that best-epoch selection otherwise chases.
+    # An EMA of the weights (decay 0.99 ≈ a 4-epoch horizon at 24 steps per epoch; 0.995 ≈ 8)
+    # smooths the epoch-to-epoch jitter of validation AP that best-epoch selection chases.
     Setup("resnet18_ema", "resnet18", epochs=24, crop=0, select="ap", ema=0.99),
     Setup("resnet18_ema995", "resnet18", epochs=24, crop=0, select="ap", ema=0.995),
-    # Shifts hurt (below), so position carries signal on these aligned faces: try a network that
-    # keeps it, the DCGAN discriminator (flatten + dense instead of global pooling).
-    Setup("dcgan_d_ema", "dcgan_d", epochs=30, crop=0, select="ap", ema=0.99),
-    Setup("resnet18_flatten_ema", "resnet18", {"pool": "flatten"}, epochs=24, crop=0, select="ap", ema=0.99),
-    Setup("resnet18_nomaxpool_ema", "resnet18", {"stem": "no_maxpool"}, epochs=20, crop=0, select="ap",
-          ema=0.99),
     # Crops that keep scale: a random shift of up to 4 px at 64 px (pad 4, crop 64), the crop of
     # CIFAR-style from-scratch training. A harder task needs more epochs, so patience 6.
     Setup("resnet18_shift_ema", "resnet18", epochs=40, crop=0, shift=True, select="ap", ema=0.99,
           patience=6),
+    # Shifts hurt, so position carries signal on these aligned faces: heads that keep it, the
+    # DCGAN discriminator (flatten + dense) and resnet18 with its last map flattened.
+    Setup("dcgan_d_ema", "dcgan_d", epochs=30, crop=0, select="ap", ema=0.99),
+    Setup("resnet18_flatten_ema", "resnet18", {"pool": "flatten"}, epochs=24, crop=0, select="ap", ema=0.99),
+    Setup("resnet18_nomaxpool_ema", "resnet18", {"stem": "no_maxpool"}, epochs=20, crop=0, select="ap",
+          ema=0.99),
 ]
 
 
