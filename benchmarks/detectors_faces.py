@@ -198,16 +198,24 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
 
 def table(results: list[dict]) -> str:
     base = {r["resolution"]: r["ap"] for r in results if r["recipe"] == "baseline"}
-    lines = ["| config | arch (options) | px | epochs (best) | val acc | test acc | AP [95% CI] | "
-             "AUC | ΔAP vs baseline | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| config | arch (options) | px | augment | select, EMA | epochs (best) | val acc | val AP | "
+             "test acc | AP [95% CI] | AUC | ΔAP vs baseline | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
-        val = f"{r['val_accuracy']:.3f}" if r["val_accuracy"] is not None else "–"
+        aug = r["augment"]
+        augment = "flip" if r["recipe"] == "baseline" else ", ".join(
+            ([f"crop {aug['crop']}"] if "crop" in aug else [])
+            + ([f"shift {aug['pad']}"] if "pad" in aug else []) + ["flip", f"B+J {aug['blur_prob']:g}"])
+        select = "–" if r["recipe"] == "baseline" else \
+            f"{r.get('select') or 'accuracy'}, {r.get('ema') or 'no'}"
+        val_acc = f"{r['val_accuracy']:.3f}" if r["val_accuracy"] is not None else "–"
+        val_ap = f"{r['val_ap']:.3f}" if r.get("val_ap") is not None else "–"
         delta = f"{r['ap'] - base[r['resolution']]:+.3f}" if r["resolution"] in base else "–"
         lines.append(
-            f"| {r['name']} | {r['arch']}{f' ({opts})' if opts else ''} | {r['resolution']} | "
-            f"{r['epochs']} ({r['best_epoch']}) | {val} | {r['accuracy']:.3f} | {r['ap']:.3f} "
-            f"[{r['ap_ci95'][0]:.3f}, {r['ap_ci95'][1]:.3f}] | {r['auc']:.3f} | {delta} | "
+            f"| {r['name']} | {r['arch']}{f' ({opts})' if opts else ''} | {r['resolution']} | {augment} | "
+            f"{select} | {r['epochs']} ({r['best_epoch']}) | {val_acc} | {val_ap} | {r['accuracy']:.3f} | "
+            f"{r['ap']:.3f} [{r['ap_ci95'][0]:.3f}, {r['ap_ci95'][1]:.3f}] | {r['auc']:.3f} | {delta} | "
             f"{r['train_seconds']:.0f} |")
     return "\n".join(lines)
 
