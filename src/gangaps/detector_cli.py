@@ -205,12 +205,11 @@ def _augment(args: argparse.Namespace) -> dict[str, Any]:
         aug.update(blur_prob=args.blur_prob, blur_sigma=_pair(args.blur_sigma, "--blur-sigma", float))
     if args.jpeg_prob > 0:
         aug.update(jpeg_prob=args.jpeg_prob, jpeg_quality=_pair(args.jpeg_quality, "--jpeg-quality", int))
-    DetectorAugment.from_config(aug)  # bad values fail now, before any image is decoded
-    if args.crop is not None and args.crop > args.resolution + 2 * args.pad:
-        raise UserError(f"--crop {args.crop} is larger than --resolution {args.resolution}"
-                        f"{f' padded by --pad {args.pad}' if args.pad else ''}")
-    if args.pad >= args.resolution:
-        raise UserError(f"--pad {args.pad} must be smaller than --resolution {args.resolution}")
+    augment = DetectorAugment.from_config(aug)  # bad values fail now, before any image is decoded
+    try:
+        augment.check_size(args.resolution, args.resolution)
+    except UserError as e:
+        raise UserError(f"--crop/--pad at --resolution {args.resolution}: {e}") from None
     return aug
 
 

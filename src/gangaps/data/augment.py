@@ -172,6 +172,14 @@ class DetectorAugment:
                 "blur_sigma": list(self.blur_sigma), "jpeg_prob": self.jpeg_prob,
                 "jpeg_quality": list(self.jpeg_quality)}
 
+    def check_size(self, h: int, w: int) -> None:
+        """UserError unless pad and crop fit h×w images (callers check before decoding data)."""
+        if self.pad >= min(h, w):  # reflect padding mirrors inside the image
+            raise UserError(f"augment pad {self.pad} must be smaller than the images ({h}×{w})")
+        if self.crop is not None and (self.crop > h + 2 * self.pad or self.crop > w + 2 * self.pad):
+            raise UserError(f"augment crop {self.crop} is larger than the images ({h}×{w}"
+                            f"{f' padded by {self.pad}' if self.pad else ''})")
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a training batch; all randomness from `generator` (CPU), else `self.generator`.
 
@@ -184,11 +192,7 @@ class DetectorAugment:
             y = self(x.float() / 127.5 - 1, generator)
             return ((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         n, _, h, w = x.shape
-        if self.pad >= min(h, w):  # reflect padding mirrors inside the image
-            raise UserError(f"augment pad {self.pad} must be smaller than the images ({h}×{w})")
-        if self.crop is not None and (self.crop > h + 2 * self.pad or self.crop > w + 2 * self.pad):
-            raise UserError(f"augment crop {self.crop} is larger than the images ({h}×{w}"
-                            f"{f' padded by {self.pad}' if self.pad else ''})")
+        self.check_size(h, w)
         g = generator if generator is not None else self.generator
 
         def chosen(p: float) -> torch.Tensor:
