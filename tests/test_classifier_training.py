@@ -165,3 +165,35 @@ def test_initial_weights_depend_on_the_seed_not_on_earlier_randomness(generators
         train_classifier(tmp_path / name, "small_cnn", {"width": 8}, 5, paths, real, tcfg, CPU, progress=False)
     a, b = (load_state(tmp_path / d / FINAL)["model"] for d in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_classifier_cli_draws_fakes_on_the_fly_from_a_run(generators, digits, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from gangaps.cli import main
+
+    _, paths = generators
+    run = tmp_path / "run"
+    for n, ckpt in enumerate(paths):  # a run's layout: iter_KK/gen_NN/{checkpoint, DONE}
+        gen_dir = run / "iter_00" / f"gen_{n:02d}"
+        gen_dir.mkdir(parents=True)
+        (gen_dir / "checkpoint.safetensors").write_bytes(ckpt.read_bytes())
+        (gen_dir / "DONE").touch()
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    for i, img in enumerate(digits[0][:200]):
+        Image.fromarray(img[0].numpy()).save(real_dir / f"{i:03d}.png")
+
+    def train(out: str, *extra: str) -> dict:
+        assert main(["train-classifier", "--real", str(real_dir), "--run", str(run), "--iteration", "0",
+                     "--arch", "small_cnn", "--option", "width=8", "--epochs", "1", "--batch-size", "32",
+                     "--out", str(tmp_path / out), "-q", *extra]) == 0
+        return json.loads((tmp_path / out / "summary.json").read_text())
+
+    fly = train("fly", "--fakes", "on-the-fly")
+    bank = train("bank")
+    assert fly["settings"]["fakes"] == "on_the_fly" and "fakes" not in bank["settings"]
+    assert bank["n_fake"] == 200 and fly["n_fake"] == 20  # on the fly, only --val-fraction 0.1 is stored
+    # Same real images, same seed and initial weights: only the training fakes differ.
+    a, b = (load_state(tmp_path / d / FINAL)["model"] for d in ("fly", "bank"))
+    assert not torch.equal(a["net.0.weight"], b["net.0.weight"])

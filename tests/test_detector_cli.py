@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from gangaps.cli import main
-from gangaps.data.images import prepare_data
+from gangaps.data.images import load_image_dataset, prepare_data
+from gangaps.metrics.detection import detection_metrics
+from gangaps.train.classifier import classify, load_classifier
 from tests.conftest import DATA
 
 FACES = DATA / "faces_ffhq256_subset"
@@ -88,6 +90,24 @@ def test_evaluate_on_other_files(trained: Path, faces: Path, tmp_path: Path,
     assert r["accuracy"] == pytest.approx((r["real_recall"] + r["fake_recall"]) / 2)
 
 
+def test_evaluate_with_flip_tta_scores_the_mean_of_both_views(trained: Path, faces: Path,
+                                                               tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate-classifier", str(trained / "classifier.safetensors"), "--real",
+               str(faces / "test/real"), "--fake", str(faces / "test/fake"), "--bootstrap", "0",
+               "--flip-tta", "--json", str(out), "-q"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    model = load_classifier(trained / "classifier.safetensors")
+    for side in ("real", "fake"):
+        prepare_data(faces / "test" / side, tmp_path / side, 32, progress=False)
+    real, fake = (load_image_dataset(tmp_path / side, 32, 3) for side in ("real", "fake"))
+    both = [(classify(model, x) + classify(model, x.flip(-1))) / 2 for x in (real, fake)]
+    assert r["flip_tta"] is True
+    assert r["ap"] == pytest.approx(detection_metrics(*both)["ap"])
+    assert r["ap"] != pytest.approx(detection_metrics(classify(model, real), classify(model, fake))["ap"])
+
+
 def test_rerun_does_not_retrain(trained: Path, faces: Path, capsys: pytest.CaptureFixture) -> None:
     log, clf = (trained / "log.jsonl").read_bytes(), (trained / "classifier.safetensors").read_bytes()
     capsys.readouterr()
@@ -155,6 +175,11 @@ def test_fake_source_required(faces: Path, tmp_path: Path, capsys: pytest.Captur
     i = argv.index("--fake")
     del argv[i:i + 2]
     assert "--fake DIR or as --run" in _one_line_error(argv, capsys)
+
+
+def test_on_the_fly_needs_generators(faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    err = _one_line_error(_train_args(faces, tmp_path / "o", "--fakes", "on-the-fly"), capsys)
+    assert "--fakes on-the-fly" in err and "--run" in err
 
 
 def test_help_explains_flags_and_folders(capsys: pytest.CaptureFixture) -> None:

@@ -28,7 +28,7 @@ from gangaps.errors import UserError
 from gangaps.io import atomic_write_json, read_json
 from gangaps.metrics.detection import METRICS, bootstrap_ci, detection_metrics
 from gangaps.models.classifiers import ARCHITECTURES, build_classifier
-from gangaps.train.classifier import FINAL, classify, fake_bank, fit_classifier, save_classifier
+from gangaps.train.classifier import FINAL, classify, fit_classifier, generator_fakes, save_classifier
 
 SETTINGS = "settings.json"
 SUMMARY = "summary.json"
@@ -167,7 +167,9 @@ def _generators(args: argparse.Namespace) -> list[Path]:
     """Checkpoints of the run's frozen generators named by --run/--iteration/--instances."""
     from gangaps.experiment.store import RunStore  # the experiment stack only when needed
 
-    run = _check_source("--run", args.run)
+    run = Path(args.run).expanduser()  # a run folder, not an image source: it need hold no image
+    if not run.is_dir():
+        raise UserError(f"--run: not a folder: {run}")
     if args.iteration is None:
         raise UserError("--run needs --iteration K (the iteration whose generators make the fakes)")
     shared = None
@@ -214,12 +216,12 @@ def _augment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _training_config(args: argparse.Namespace, n_real: int, n_fake: int,
-                     augment: dict[str, Any]) -> ClassifierTrainingConfig:
+                     augment: dict[str, Any], fakes: str = "bank") -> ClassifierTrainingConfig:
     flags = {"val_fraction": "--val-fraction", "batch_size": "--batch-size", "lr": "--lr",
              "epochs": "--epochs", "patience": "--patience", "min_lr": "--min-lr",
              "select": "--select", "weight_decay": "--weight-decay", "ema": "--ema"}
     try:
-        return ClassifierTrainingConfig(n_real=n_real, n_fake=n_fake, augment=augment,
+        return ClassifierTrainingConfig(n_real=n_real, n_fake=n_fake, augment=augment, fakes=fakes,
                                         **{k: getattr(args, k) for k in flags})
     except ValidationError as e:
         first = e.errors()[0]
@@ -246,6 +248,9 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         raise UserError("give the fakes either as --fake DIR or as --run RUNDIR --iteration K")
     if args.run is None and (args.iteration is not None or args.instances is not None):
         raise UserError("--iteration/--instances go with --run")
+    if args.run is None and args.fakes != "bank":
+        raise UserError("--fakes on-the-fly draws from generators: it goes with --run")
+    fakes = args.fakes.replace("-", "_")  # the config's spelling
     if args.arch not in ARCHITECTURES:
         raise UserError(f"unknown --arch {args.arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     real_path = _check_source("--real", args.real)
@@ -280,6 +285,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         "real": str(real_path.resolve()), "fake": str(fake_path.resolve()) if fake_path else None,
         "run": str(Path(args.run).resolve()) if args.run else None, "iteration": args.iteration,
         "generators": [str(p) for p in gens], "n_real": args.n_real, "n_fake": args.n_fake,
+        **({"fakes": fakes} if fakes != "bank" else {}),  # folders trained before --fakes stay resumable
         "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
         "val_fraction": args.val_fraction, "patience": args.patience, "min_lr": args.min_lr,
         "select": args.select, "weight_decay": args.weight_decay, "ema": args.ema,
@@ -297,18 +303,26 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         if args.n_real > len(real):
             raise UserError(f"--n-real {args.n_real}, but --real holds {len(real)} images")
         real = real[torch.randperm(len(real), generator=gen)[:args.n_real]]
+    stream = None
     if gens:
         n_fake = args.n_fake or len(real)  # balanced by default
         if not args.quiet:
-            print(f"sampling {n_fake} fakes from {len(gens)} generator(s)", file=sys.stderr, flush=True)
-        fake = fake_bank(gens, n_fake, args.seed, device).cpu()
+            what = (f"{n_fake} fakes" if fakes == "bank" else
+                    f"{max(1, round(n_fake * args.val_fraction))} validation fakes (training draws fresh ones)")
+            print(f"sampling {what} from {len(gens)} generator(s)", file=sys.stderr, flush=True)
+        fake, stream = generator_fakes(gens, n_fake, fakes, args.val_fraction, args.seed, device)
+        fake = fake.cpu()
     else:
         fake = _load("--fake", fake_path, args.resolution, args.channels, args.quiet)
         if args.n_fake is not None:
             if args.n_fake > len(fake):
                 raise UserError(f"--n-fake {args.n_fake}, but --fake holds {len(fake)} images")
             fake = fake[torch.randperm(len(fake), generator=gen)[:args.n_fake]]
-    for flag, imgs in (("--real", real), ("--fake", fake)):
+        n_fake = len(fake)
+    sides = {"--real": real}
+    if stream is None:  # a stream draws its training fakes; only a bank must hold enough
+        sides["--fake"] = fake
+    for flag, imgs in sides.items():
         # fit_classifier draws batch_size/2 images per side per step from the training part
         n_train = len(imgs) - max(1, round(len(imgs) * args.val_fraction))
         if n_train < args.batch_size // 2:
@@ -319,11 +333,11 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SETTINGS).exists():
         atomic_write_json(out / SETTINGS, settings)
-    tcfg = _training_config(args, len(real), len(fake), augment)
+    tcfg = _training_config(args, len(real), n_fake, augment, fakes)
     torch.manual_seed(args.seed)  # initial weights from the seed alone
     model = build_classifier(args.arch, args.channels, args.resolution, **options)
     summary = fit_classifier(model, real, fake, tcfg, args.seed, out, device,
-                             progress=not args.quiet, label=f"{args.arch} epochs")
+                             progress=not args.quiet, label=f"{args.arch} epochs", fake_stream=stream)
     save_classifier(out / FINAL, model, args.arch, options, args.channels, args.resolution, summary)
     atomic_write_json(out / SUMMARY, {**summary, "settings": settings})
     print(f"{out / FINAL}: best epoch {summary['best_epoch']} of {summary['epochs']}, "
@@ -334,17 +348,21 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
 
 
 def _logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device, label: str,
-            quiet: bool, batch: int = 500) -> torch.Tensor:
+            quiet: bool, flip_tta: bool, batch: int = 500) -> torch.Tensor:
     out = []
     for i in tqdm(range(0, len(images), batch), desc=label, unit="batch", leave=False,
                   disable=quiet, dynamic_ncols=True):
-        out.append(classify(model, images[i:i + batch], device, batch_size=batch))
+        out.append(classify(model, images[i:i + batch], device, batch_size=batch, flip_tta=flip_tta))
     return torch.cat(out)
 
 
 def evaluate(classifier: str | Path, real: str | Path, fake: str | Path, bootstrap: int = 1000,
-             device: str = "auto", seed: int = 0, quiet: bool = True) -> dict[str, Any]:
-    """Metrics (and bootstrap 95 % CIs) of a saved classifier on a real and a fake source."""
+             device: str = "auto", seed: int = 0, quiet: bool = True,
+             flip_tta: bool = False) -> dict[str, Any]:
+    """Metrics (and bootstrap 95 % CIs) of a saved classifier on a real and a fake source.
+
+    flip_tta scores each image by the mean logit of it and its mirror image.
+    """
     from gangaps.io import load_state
     from gangaps.train.classifier import load_classifier
 
@@ -366,17 +384,19 @@ def evaluate(classifier: str | Path, real: str | Path, fake: str | Path, bootstr
                             f"takes {ch}")
     real_u8 = _load("--real", paths["--real"], res, ch, quiet)
     fake_u8 = _load("--fake", paths["--fake"], res, ch, quiet)
-    rl = _logits(model, real_u8, dev, "real", quiet)
-    fl = _logits(model, fake_u8, dev, "fake", quiet)
+    rl = _logits(model, real_u8, dev, "real", quiet, flip_tta)
+    fl = _logits(model, fake_u8, dev, "fake", quiet, flip_tta)
     metrics = detection_metrics(rl, fl)
     ci = {m: list(bootstrap_ci(rl, fl, m, bootstrap, seed=seed)) for m in METRICS} if bootstrap else {}
     return {"classifier": str(clf), "arch": spec["arch"], "options": spec["options"], "resolution": res,
             "channels": ch, "real": str(paths["--real"]), "fake": str(paths["--fake"]),
-            "n_real": len(real_u8), "n_fake": len(fake_u8), "bootstrap": bootstrap, **metrics, "ci95": ci}
+            "n_real": len(real_u8), "n_fake": len(fake_u8), "flip_tta": flip_tta, "bootstrap": bootstrap,
+            **metrics, "ci95": ci}
 
 
 def format_report(r: dict[str, Any]) -> str:
-    lines = [f"classifier {r['classifier']} ({r['arch']}, {r['resolution']} px, {r['channels']} ch)",
+    tta = ", logits averaged with the mirror image's" if r.get("flip_tta") else ""
+    lines = [f"classifier {r['classifier']} ({r['arch']}, {r['resolution']} px, {r['channels']} ch{tta})",
              f"real: {r['n_real']} images from {r['real']}", f"fake: {r['n_fake']} images from {r['fake']}",
              f"{'metric':<12} {'value':>7}   95% CI" + (f" ({r['bootstrap']} bootstrap)" if r["ci95"] else "")]
     for m in METRICS:
@@ -388,7 +408,8 @@ def format_report(r: dict[str, Any]) -> str:
 def cmd_evaluate_classifier(args: argparse.Namespace) -> None:
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    r = evaluate(args.classifier, args.real, args.fake, args.bootstrap, args.device, args.seed, args.quiet)
+    r = evaluate(args.classifier, args.real, args.fake, args.bootstrap, args.device, args.seed, args.quiet,
+                 args.flip_tta)
     print(format_report(r))
     if args.json:
         atomic_write_json(Path(args.json).expanduser(), r)
@@ -417,6 +438,10 @@ def add_detector_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--n-fake", type=int, metavar="N",
                    help="fakes to use: with --run, samples split evenly over the generators "
                         "(default: as many as real); with --fake, a random subset (default: all)")
+    g.add_argument("--fakes", choices=["bank", "on-the-fly"], default="bank",
+                   help="with --run: 'bank' samples the --n-fake fakes once; 'on-the-fly' draws fresh "
+                        "fakes for every training batch and keeps --n-fake × --val-fraction to validate "
+                        "(default bank)")
     g.add_argument("--resolution", type=int, metavar="PX",
                    help="image side the classifier is built for (default 64; with --run: the generators')")
     g.add_argument("--channels", type=int, choices=[1, 3],
@@ -474,6 +499,9 @@ def add_detector_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="score each image by the mean logit of it and its horizontal mirror "
+                        "(for detectors trained with --flip)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate_classifier)

@@ -46,12 +46,21 @@ def _split(images: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.
 
 @torch.no_grad()
 def classify(model: torch.nn.Module, images: torch.Tensor, device: torch.device | str = "cpu",
-             batch_size: int = 1000) -> torch.Tensor:
-    """Logits (real > 0) of uint8 images [N, C, H, W], in eval mode; float32 on CPU."""
+             batch_size: int = 1000, flip_tta: bool = False) -> torch.Tensor:
+    """Logits (real > 0) of uint8 images [N, C, H, W], in eval mode; float32 on CPU.
+
+    flip_tta averages the logits of each image and its mirror image (test-time augmentation for
+    detectors trained with random flips: both views are in-distribution, their errors differ).
+    """
     was_training = model.training
     model.eval()
-    out = [model(to_model_range(images[i:i + batch_size].to(device))).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = to_model_range(images[i:i + batch_size].to(device))
+        logits = model(x).float()
+        if flip_tta:
+            logits = (logits + model(x.flip(-1)).float()) / 2
+        out.append(logits.cpu())
     model.train(was_training)
     return torch.cat(out)
 
@@ -240,6 +249,20 @@ class GeneratorStream:
                           if m])
 
 
+def generator_fakes(generator_checkpoints: list[Path], n_fake: int, fakes: str, val_fraction: float,
+                    seed: int, device: torch.device) -> tuple[torch.Tensor, GeneratorStream | None]:
+    """The fake side drawn from frozen generators, as `fit_classifier` takes it.
+
+    fakes="bank": n_fake stored samples (split like the real side), no stream. "on_the_fly": a
+    stream that draws every training batch fresh, and n_fake × val_fraction stored samples that
+    are the validation fakes.
+    """
+    if fakes == "on_the_fly":
+        stream = GeneratorStream(generator_checkpoints, seed, device)
+        return fake_bank(generator_checkpoints, max(1, round(n_fake * val_fraction)), seed, device), stream
+    return fake_bank(generator_checkpoints, n_fake, seed, device), None
+
+
 def train_classifier(out_dir: Path, arch: str, options: dict, seed: int,
                      generator_checkpoints: list[Path], real: torch.Tensor,
                      tcfg: ClassifierTrainingConfig, device: torch.device,
@@ -247,12 +270,8 @@ def train_classifier(out_dir: Path, arch: str, options: dict, seed: int,
     """The experiment's stage-2 job: train on real vs the train-subset generators, save FINAL."""
     gen = torch.Generator().manual_seed(seed)
     real = real[torch.randperm(len(real), generator=gen)[:tcfg.n_real]]
-    stream = None
-    if tcfg.fakes == "on_the_fly":  # the bank is then only the validation fakes
-        stream = GeneratorStream(generator_checkpoints, seed, device)
-        fake = fake_bank(generator_checkpoints, max(1, round(tcfg.n_fake * tcfg.val_fraction)), seed, device)
-    else:
-        fake = fake_bank(generator_checkpoints, tcfg.n_fake, seed, device)
+    fake, stream = generator_fakes(generator_checkpoints, tcfg.n_fake, tcfg.fakes, tcfg.val_fraction,
+                                   seed, device)
     torch.manual_seed(seed)  # the initial weights depend on the seed alone, not on earlier jobs
     model = build_classifier(arch, real.shape[1], real.shape[-1], **options)
     summary = fit_classifier(model, real, fake, tcfg, seed, out_dir, device, progress, label, stream)
