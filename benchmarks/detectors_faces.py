@@ -113,6 +113,8 @@ SETUPS = [
     Setup("patch_ema", "patch", {"width": 32}, epochs=20, crop=0, select="ap", ema=0.99),
     Setup("resnet18_nomaxpool_ema", "resnet18", {"stem": "no_maxpool"}, epochs=20, crop=0, select="ap",
           ema=0.99),
+    # resnet50 with the final recipe (its first row used crops, accuracy and an 8-epoch cap).
+    Setup("resnet50_ema", "resnet50", epochs=16, crop=0, select="ap", ema=0.99),
     # The flatten + EMA 0.995 runs drive the training loss to ~0 while validation loss climbs from
     # epoch 14: decoupled weight decay (AdamW; per step the weights shrink by lr × wd) against it.
     Setup("resnet18_flatten_ema995_wd01", "resnet18", {"pool": "flatten"}, epochs=40, crop=0, select="ap",
