@@ -307,8 +307,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     if gens:
         n_fake = args.n_fake or len(real)  # balanced by default
         if not args.quiet:
-            what = (f"{n_fake} fakes" if fakes == "bank" else
-                    f"{max(1, round(n_fake * args.val_fraction))} validation fakes (training draws fresh ones)")
+            what = (f"{n_fake} fakes" if fakes == "bank" else  # generator_fakes owns the count
+                    f"validation fakes ({args.val_fraction:g} of {n_fake}; training draws fresh ones)")
             print(f"sampling {what} from {len(gens)} generator(s)", file=sys.stderr, flush=True)
         fake, stream = generator_fakes(gens, n_fake, fakes, args.val_fraction, args.seed, device)
         fake = fake.cpu()
