@@ -173,7 +173,7 @@ def _helpers_worker(rank: int, init_file: str) -> None:
         else:
             raise AssertionError("no error raised")
     finally:
-        dist.destroy_process_group()
+        ddp.shutdown()
 
 
 def test_distributed_helpers_average_once_and_propagate_rank0_errors(tmp_path):

@@ -242,7 +242,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
         job = GeneratorJob(Path(out) / f"rank{rank}", seed=seed)
         train_generator(job, cfg, ddp.shard(faces), CPU, progress=False)
     finally:
-        dist.destroy_process_group()
+        ddp.shutdown()
 
 
 def test_data_parallel_ranks_stay_identical(tmp_path: Path) -> None:

@@ -73,13 +73,18 @@ def init_from_env(device: str = "auto") -> torch.device:
         dev = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        atexit.register(_shutdown)  # a clean exit, not a "group was not destroyed" warning
+        atexit.register(shutdown)  # a clean exit, not a "group was not destroyed" warning
     return dev
 
 
-def _shutdown() -> None:
+def shutdown() -> None:
+    """Destroy the process groups, the control group included."""
+    global _control
     if dist.is_initialized():
         dist.destroy_process_group()
+    # A destroyed gloo group still referenced here is freed at interpreter exit, where its
+    # threads' teardown can abort the process (SIGABRT, in about 1 run of 10): free it now.
+    _control = (None, None)
 
 
 def _control_group() -> Any:
