@@ -36,6 +36,8 @@ def iteration_table(records: list[dict], iterations: int) -> list[dict]:
         row: dict = {"iteration": k}
         if fid:
             row["fid"] = _mean_std(values(records, metric=fid, generator_iteration=k))
+        for name in ("mode_coverage", "class_kl"):  # MNIST only (the LeNet's digit classes)
+            row[name] = _mean_std(values(records, metric=name, generator_iteration=k))
         # H1: this iteration's classifiers on this iteration's held-out generators
         for role in ("target", "heldout"):
             row[f"h1_{role}"] = _mean_std(values(
