@@ -82,7 +82,8 @@ def build_report(run_dir: str | Path) -> Path:
         logs[k] = [figures.read_jsonl(d / "log.jsonl") for d in dirs]
         grids[k] = [d / "samples.png" for d in dirs]
     figs = [
-        (figures.fid_by_iteration(records, K, fig_dir / "fid.png"), "FID per generator instance"),
+        (figures.fid_by_iteration(records, K, fig_dir / "fid.png"),
+         "FID and mode coverage per generator instance"),
         (figures.fooling(table, fig_dir / "fooling.png"), "Held-out detection and fooling"),
         (figures.cross_iteration(matrices, fig_dir / "cross_iteration.png"),
          "Cross-iteration matrix A[i][j]: accuracy of C_i on held-out G_j"),

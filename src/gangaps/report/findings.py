@@ -51,11 +51,10 @@ class Rule:
         return "contradicted" if low > self.threshold else "too few to tell"
 
     def text(self) -> str:
-        contra = (f"contradicted if it lies wholly below {self.contradicted_below:g}"
-                  if self.contradicted_below is not None else "contradicted if it lies wholly "
-                  f"{'below' if self.side == 'above' else 'above'} {self.threshold:g}")
-        return (f"supported if the 95 % interval of {self.statistic} lies wholly "
-                f"{self.side} {self.threshold:g}; {contra}; otherwise too few to tell")
+        other = "below" if self.side == "above" else "above"
+        bound = self.threshold if self.contradicted_below is None else self.contradicted_below
+        return (f"supported if its 95 % interval lies wholly {self.side} {self.threshold:g}; "
+                f"contradicted if it lies wholly {other} {bound:g}; otherwise too few to tell")
 
 
 RULES = {
