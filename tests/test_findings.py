@@ -89,25 +89,26 @@ def test_claims_follow_fool_mode():
     assert set(verdicts(records, "none")) == {"H1"}
 
 
-def test_a_collapsed_generator_is_named_and_kept_out_of_detection_claims():
-    def acc(i, cid, j):  # a collapsed generator is easy to miss-classify: accuracy 0.5
-        return gapped(i, cid, j)
-
+def test_a_collapsed_generator_is_named_and_each_claim_it_enters_is_also_given_without_it():
     def coverage(k, n):
         return 1 if (k, n) == (1, 5) else 9
-    records = synthetic(acc, coverage=coverage)
+    records = synthetic(gapped, coverage=coverage)
     bad = collapsed_generators(records)
     assert [(c["generator_iteration"], c["generator_instance"]) for c in bad] == [(1, 5)]
     assert "mode coverage" in bad[0]["reason"]
-    # poison that generator's accuracies: excluded, so the fooling estimate does not move
-    clean = findings(records, 3, "memoryless", n_boot=50)
+    clean = {c["claim"]: c for c in findings(records, 3, "memoryless", n_boot=50)["claims"]}
+    # poison that generator's accuracies: the claim moves, its collapse-free twin does not
     for r in records:
         if (r["generator_iteration"], r["generator_instance"]) == (1, 5) and r["metric"] == "accuracy":
             r["value"] = 0.0
-    poisoned = findings(records, 3, "memoryless", n_boot=50)
-    get = {c["claim"]: c["value"] for c in clean["claims"]}
-    assert {c["claim"]: c["value"] for c in poisoned["claims"]}["Fooling"] == pytest.approx(get["Fooling"])
-    assert poisoned["collapsed"] == clean["collapsed"]
+    poisoned = {c["claim"]: c for c in findings(records, 3, "memoryless", n_boot=50)["claims"]}
+    fooling = poisoned["Fooling"]
+    assert fooling["collapsed_included"] == ["G1.5"]
+    assert abs(fooling["value"] - clean["Fooling"]["value"]) > 0.05
+    assert fooling["without_collapsed"]["value"] == pytest.approx(
+        clean["Fooling"]["without_collapsed"]["value"])
+    assert fooling["without_collapsed"]["n_generators"] == fooling["n_generators"] - 1
+    assert "without_collapsed" not in poisoned["Ordering"]  # G1.5 is not in C_{k-2}'s claim
 
 
 def test_far_fid_alone_flags_a_generator():

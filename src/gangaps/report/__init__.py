@@ -28,23 +28,29 @@ def _num(v: float | None, digits: int = 3) -> str:
 
 def findings_section(f: dict, fid_name: str) -> str:
     """The claims table (verdicts first, the reader's first question) and collapsed generators."""
-    rows = []
-    for c in f["claims"]:
+    def cells(c: dict) -> str:
         ci = c["ci95"]
         interval = f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "–"
         n = f"{c['n_generators']} generators" + (
             f" × {c['n_classifiers']} classifiers" if c["n_classifiers"] else "")
+        return (f"<td>{n}</td><td>{_num(c['value'])}</td><td>{interval}</td>"
+                f'<td class="{c["verdict"].replace(" ", "-")}">{html.escape(c["verdict"])}</td>')
+    rows = []
+    for c in f["claims"]:
         rows.append(
             f'<tr><td class="claim"><b>{html.escape(c["claim"])}</b>: '
             f'{html.escape(c["statement"])}<div class="rule">{html.escape(c["statistic"])}; '
-            f'{html.escape(c["rule"])}</div></td><td>{n}</td><td>{_num(c["value"])}</td>'
-            f'<td>{interval}</td><td class="{c["verdict"].replace(" ", "-")}">'
-            f'{html.escape(c["verdict"])}</td></tr>')
+            f'{html.escape(c["rule"])}</div></td>{cells(c)}</tr>')
+        if "without_collapsed" in c:
+            rows.append(f'<tr><td class="claim rule">the same without the collapsed '
+                        f'{html.escape(", ".join(c["collapsed_included"]))}</td>'
+                        f'{cells(c["without_collapsed"])}</tr>')
     collapsed = "".join(
         f"<li>G{c['generator_iteration']}.{c['generator_instance']}: {html.escape(c['reason'])}</li>"
         for c in f["collapsed"])
-    warn = (f'<div class="warn"><b>Collapsed generators</b> (outside iteration 0\'s range; '
-            f"named here and kept out of the detection claims):<ul>{collapsed}</ul></div>"
+    warn = (f'<div class="warn"><b>Collapsed generators</b> (mode coverage below half or FID '
+            f"above twice iteration 0's mean; each claim they enter is also given without them):"
+            f"<ul>{collapsed}</ul></div>"
             if collapsed else "<p>No generator left iteration 0's range of "
             f"{html.escape(fid_name)} and mode coverage.</p>")
     quality = "".join(f"<p>{html.escape(line)}</p>" for line in f.get("quality_lines", []))

@@ -10,9 +10,9 @@ finite number of images behind each accuracy.
 Verdicts follow one stated rule per claim (`RULES`): "supported" when the 95 % interval lies on
 the claim's side of its threshold, "contradicted" when it lies on the other side, "too few to
 tell" when it straddles it or when fewer than two generator instances of an iteration (or no
-classifier) enter the statistic. A generator whose samples collapsed (mode coverage or FID far outside iteration
-0's range, `collapsed_generators`) is named and kept out of the detection claims, where being
-"missed" by a classifier would be trivial; the quality claim counts it.
+classifier) enter the statistic. A generator whose samples collapsed (mode coverage or FID far
+outside iteration 0's range, `collapsed_generators`) is named; a claim it enters is also given
+without it, since a collapsed generator that a classifier misses says little about gaps.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ RULES = {
                      "G_k (memoryless)", 0.0, contradicted_below=0.05),
     "Architecture": Rule("Fooling one architecture does not fool another as much (R4: the "
                          "diagonal below the off-diagonal).",
-                         "the accuracy of held-out C_{k-1} of other architectures minus that "
-                         "of held-out C_{k-1} of the fooled architecture, on held-out G_k", 0.0),
+                         "the accuracy drop (held-out G_{k-1} to G_k) of held-out C_{k-1} of "
+                         "the fooled architecture minus that of other architectures", 0.0),
 }
 
 
@@ -184,16 +184,19 @@ def _claims(data: _Data, iterations: int, fool_mode: str) -> dict[str, _Claim]:
 
         def arch_stat(w: Weights) -> float:
             def side(kc: list[tuple[int, ClfKey]]) -> float:
+                """Mean accuracy drop of these classifiers from held-out G_{k-1} to G_k."""
                 num = den = 0.0
                 for k, c in kc:
-                    m, wc = _mean(data, data.heldout(k), [c], w), w.get(c, 1)
+                    m = (_mean(data, data.heldout(k - 1), [c], w)
+                         - _mean(data, data.heldout(k), [c], w))
+                    wc = w.get(c, 1)
                     if wc and not math.isnan(m):
                         num, den = num + wc * m, den + wc
                 return num / den if den else math.nan
-            return side(off) - side(diag)
+            return side(diag) - side(off)
         if diag and off:
             claims["Architecture"] = _Claim(
-                sorted({g for k, _ in pairs for g in data.heldout(k)}),
+                sorted({g for k, _ in pairs for g in data.heldout(k) + data.heldout(k - 1)}),
                 sorted({c for _, c in pairs}), arch_stat)
     return claims
 
@@ -211,26 +214,26 @@ def _resample(units: list, rng: np.random.Generator) -> Weights:
 
 
 def collapsed_generators(records: list[dict]) -> list[dict]:
-    """Generators of iterations ≥ 1 whose samples left iteration 0's range: mode coverage below
-    iteration 0's lowest minus 2, or FID above iteration 0's highest plus 2 of its standard
-    deviations between instances. Iteration 0 has no reference, so it is never flagged."""
+    """Generators of iterations ≥ 1 far outside iteration 0's range: mode coverage below half
+    of iteration 0's mean, or FID above twice iteration 0's mean. Iteration 0 is the
+    reference, so it is never flagged."""
     fid = fid_metric(records)
     q: dict[GenKey, dict[str, float]] = {}
     for r in records:
         if r["metric"] in (fid, "mode_coverage"):
             q.setdefault((r["generator_iteration"], r["generator_instance"]), {})[r["metric"]] = r["value"]
     ref = [v for g, v in q.items() if g[0] == 0]
-    out = []
     fids0 = [v[fid] for v in ref if fid in v]
     cov0 = [v["mode_coverage"] for v in ref if "mode_coverage" in v]
-    fid_max = max(fids0) + 2 * float(np.std(fids0, ddof=1)) if len(fids0) > 1 else math.inf
-    cov_min = min(cov0) - 2 if cov0 else -math.inf
+    fid_max = 2 * float(np.mean(fids0)) if fids0 else math.inf
+    cov_min = float(np.mean(cov0)) / 2 if cov0 else -math.inf
+    out = []
     for g, v in sorted(q.items()):
         if g[0] == 0:
             continue
         why = []
         if v.get("mode_coverage", math.inf) < cov_min:
-            why.append(f"mode coverage {v['mode_coverage']:.0f} < {cov_min:.0f}")
+            why.append(f"mode coverage {v['mode_coverage']:.0f} < {cov_min:.1f}")
         if v.get(fid, -math.inf) > fid_max:
             why.append(f"{fid} {v[fid]:.1f} > {fid_max:.1f}")
         if why:
@@ -267,36 +270,46 @@ def quality_lines(records: list[dict], iterations: int) -> list[str]:
     return lines
 
 
+def _evaluate(name: str, claim: _Claim, rng: np.random.Generator, n_boot: int) -> dict:
+    rule = RULES[name]
+    value = claim.stat({})
+    entry: dict = {"n_generators": len(claim.gens), "n_classifiers": len(claim.clfs),
+                   "value": None if math.isnan(value) else value, "ci95": None}
+    per_iteration = [sum(g[0] == k for g in claim.gens) for k in {g[0] for g in claim.gens}]
+    if (min(per_iteration, default=0) >= 2 and (claim.clfs or name == "Quality")
+            and not math.isnan(value)):
+        boots = np.array([claim.stat({**_resample(claim.gens, rng), **_resample(claim.clfs, rng)})
+                          for _ in range(n_boot)])
+        boots = boots[~np.isnan(boots)]
+        if len(boots) >= n_boot // 2:
+            low, high = np.percentile(boots, [2.5, 97.5])
+            entry["ci95"] = [float(low), float(high)]
+            entry["verdict"] = rule.verdict(float(low), float(high))
+    entry.setdefault("verdict", "too few to tell")
+    return entry
+
+
 def findings(records: list[dict], iterations: int, fool_mode: str, n_boot: int = N_BOOT,
              seed: int = 0) -> dict:
-    """{'claims': [...], 'collapsed': [...]} for one run's records (see the module docstring)."""
+    """{'claims': [...], 'collapsed': [...], ...} for one run's records (module docstring).
+
+    Every claim is judged on all generators; where collapsed ones enter it, the claim also
+    carries `without_collapsed`: the same statistic and verdict with them left out."""
     collapsed = collapsed_generators(records)
-    exclude = {(c["generator_iteration"], c["generator_instance"]) for c in collapsed}
-    data = _Data(records, exclude)
+    bad = {(c["generator_iteration"], c["generator_instance"]) for c in collapsed}
     rng = np.random.default_rng(seed)
+    clean = _claims(_Data(records, bad), iterations, fool_mode)
     out = []
-    for name, claim in _claims(data, iterations, fool_mode).items():
+    for name, claim in _claims(_Data(records, set()), iterations, fool_mode).items():
         rule = RULES[name]
-        value = claim.stat({})
-        n_gen, n_clf = len(claim.gens), len(claim.clfs)
         entry = {"claim": name, "statement": rule.statement, "statistic": rule.statistic,
-                 "rule": rule.text(), "n_generators": n_gen, "n_classifiers": n_clf,
-                 "value": None if math.isnan(value) else value, "ci95": None}
-        per_iteration = [sum(g[0] == k for g in claim.gens) for k in {g[0] for g in claim.gens}]
-        enough = (min(per_iteration, default=0) >= 2 and (n_clf >= 1 or name == "Quality")
-                  and not math.isnan(value))
-        if enough:
-            boots = np.array([claim.stat({**_resample(claim.gens, rng),
-                                          **_resample(claim.clfs, rng)})
-                              for _ in range(n_boot)])
-            boots = boots[~np.isnan(boots)]
-            if len(boots) >= n_boot // 2:
-                low, high = np.percentile(boots, [2.5, 97.5])
-                entry["ci95"] = [float(low), float(high)]
-                entry["verdict"] = rule.verdict(float(low), float(high))
-        entry.setdefault("verdict", "too few to tell")
+                 "rule": rule.text(), **_evaluate(name, claim, rng, n_boot)}
+        involved = sorted(bad & set(claim.gens))
+        if involved and name in clean and name != "Quality":  # a collapse IS a quality cost
+            entry["collapsed_included"] = [f"G{k}.{n}" for k, n in involved]
+            entry["without_collapsed"] = _evaluate(name, clean[name], rng, n_boot)
         out.append(entry)
     return {"claims": out, "collapsed": collapsed, "quality_lines": quality_lines(records, iterations),
             "method": f"two-way bootstrap over generator instances and classifiers within "
-                      f"iterations, {n_boot} resamples, percentile 95 % interval; collapsed "
-                      f"generators excluded from the detection claims"}
+                      f"iterations, {n_boot} resamples, percentile 95 % interval; claims with "
+                      f"collapsed generators are also given without them"}
