@@ -67,7 +67,10 @@ def open_run(cfg: Config, out: str | Path) -> tuple[RunStore, RealData]:
                             f"with other settings ({', '.join(diff[:4])} differ)")
     real = load_real(cfg.data)
     resolve_device(cfg.device)
-    get_family(cfg.gan.family).build(cfg.gan, real.channels, real.resolution)  # options valid?
+    try:  # options valid?
+        get_family(cfg.gan.family).build(cfg.gan, real.channels, real.resolution)
+    except (RuntimeError, MemoryError) as e:  # each size valid, too big together
+        raise UserError(f"gan: cannot build the networks ({str(e).splitlines()[0][:120]})") from None
     for spec in cfg.classifiers:
         build_classifier(spec.arch, real.channels, real.resolution, **spec.options)
     make_augment(cfg.classifier_training.augment)

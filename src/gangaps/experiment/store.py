@@ -21,9 +21,7 @@ import fcntl
 import os
 from pathlib import Path
 
-import yaml
-
-from gangaps.config import Config, from_dict, to_yaml
+from gangaps.config import Config, from_dict, parse_yaml, to_yaml
 from gangaps.errors import CorruptFile, UserError
 from gangaps.io import atomic_write_json, atomic_write_text, read_json
 
@@ -97,8 +95,8 @@ class RunStore:
         if not self.config_path.exists():
             raise UserError(f"{self.root} is not a gangaps run (no config.yaml)")
         try:
-            tree = yaml.safe_load(self.config_path.read_text("utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
+            tree = parse_yaml(self.config_path.read_text("utf-8"), str(self.config_path))
+        except (UserError, UnicodeDecodeError):
             raise CorruptFile(self.config_path, "damaged run config (not valid YAML)") from None
         if not isinstance(tree, dict):
             raise CorruptFile(self.config_path, "damaged run config (not a mapping)")
