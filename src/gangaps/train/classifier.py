@@ -23,7 +23,7 @@ from gangaps.config import ClassifierTrainingConfig
 from gangaps.data import to_model_range
 from gangaps.data.augment import DetectorAugment
 from gangaps.data.sampler import EpochSampler
-from gangaps.errors import NonFiniteLoss
+from gangaps.errors import CorruptFile, NonFiniteLoss, UserError
 from gangaps.generators import generate, load_generator
 from gangaps.io import append_jsonl, load_resumable, load_state, rng_state, save_state, set_rng_state
 from gangaps.metrics.detection import detection_metrics
@@ -210,10 +210,14 @@ def save_classifier(path: Path, model: GANClassifier, arch: str, options: dict,
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> GANClassifier:
     """A trained classifier, frozen (eval mode, no parameter gradients)."""
-    state = load_state(path)
-    spec = state["spec"]
-    model = build_classifier(spec["arch"], spec["in_channels"], spec["resolution"], **spec["options"])
-    model.load_state_dict(state["model"])
+    state = load_state(path)  # checksum verified; a damaged file raises CorruptFile
+    try:
+        spec = state["spec"]
+        model = build_classifier(spec["arch"], spec["in_channels"], spec["resolution"],
+                                 **spec["options"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError, UserError) as e:
+        raise CorruptFile(path, f"not a classifier file ({e.__class__.__name__})") from None
     return freeze(model.to(device))
 
 
