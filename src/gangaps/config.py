@@ -58,7 +58,7 @@ class GANConfig(_Section):
     kimg: float = Field(3000.0, gt=0, description="training length in thousands of real "
                         "images shown to D (MNIST: 3000 kimg = 50 epochs)")
     batch_size: int = Field(256, ge=1, le=1_000_000)
-    lr: float = Field(1e-4, gt=0, le=1e6)
+    lr: float = Field(1e-4, gt=0, le=1e30)  # float32 range: above, Adam cannot step
     betas: tuple[float, float] = (0.9, 0.999)
     z_dim: int = Field(100, ge=1, le=8192)
     options: dict[str, Any] = Field(default_factory=dict, description="family-specific "
@@ -90,7 +90,7 @@ class ClassifierTrainingConfig(_Section):
         "frozen generators for every training batch")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     batch_size: int = Field(256, ge=2)
-    lr: float = Field(1e-4, gt=0, le=1e6)
+    lr: float = Field(1e-4, gt=0, le=1e30)  # float32 range: above, Adam cannot step
     epochs: int = Field(10, ge=1, description="maximum epochs")
     patience: int = Field(2, ge=1, description="epochs without validation gain before lr/10")
     min_lr: float = Field(1e-6, gt=0, description="stop once the learning rate falls below")

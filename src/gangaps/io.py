@@ -264,9 +264,12 @@ def load_resumable(path: str | Path, device: str | torch.device = "cpu") -> dict
     """The newest intact state of a checkpoint kept with `keep_previous`, None if there is none.
 
     A damaged newest version falls back to the previous one; if both are damaged the job
-    restarts (None). Either way with one warning line.
+    restarts (None). Either way with one warning line. Temporary files a killed writer left
+    beside the checkpoint are removed (the caller owns the job: the run lock).
     """
     path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp*"):  # of a killed writer: the job is ours
+        tmp.unlink(missing_ok=True)
     bad: list[str] = []
     for p in (path, previous_path(path)):
         if not p.exists():

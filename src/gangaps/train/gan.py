@@ -173,7 +173,7 @@ def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: 
                 fool_loss = fool(out.fake)
                 loss = loss + fool.weight(step) * fool_loss
                 out.stats["loss_fool"] = fool_loss.detach()
-            bad = torch.where(torch.isfinite(loss.detach()), _NEVER, step)
+            bad = torch.where(torch.isfinite(loss.detach()), _NEVER, step + 1)  # as logged
             first_bad[phase.name] = torch.minimum(first_bad.get(phase.name, bad), bad)
             opts[phase.opt].zero_grad(set_to_none=True)
             loss.backward()
