@@ -74,6 +74,7 @@ def open_run(cfg: Config, out: str | Path) -> tuple[RunStore, RealData]:
     for spec in cfg.classifiers:
         build_classifier(spec.arch, real.channels, real.resolution, **spec.options)
     make_augment(cfg.classifier_training.augment)
+    store.check_config(cfg)  # refuse before touching anything (the lock file included)
     created = not store.root.exists()
     store.acquire()  # before the config is written or extended: one writer per run
     try:

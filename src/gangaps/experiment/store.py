@@ -102,23 +102,29 @@ class RunStore:
             raise CorruptFile(self.config_path, "damaged run config (not a mapping)")
         return from_dict(tree)
 
-    def check_or_write_config(self, cfg: Config) -> None:
-        """A new run writes its config; an existing run resumes with the same config, or with
-        an extended one (see `extension_problem`), which then replaces the stored one."""
+    def check_config(self, cfg: Config) -> bool:
+        """UserError unless `cfg` can run here: a new run, the same config, or an extended one
+        (see `extension_problem`). True when config.yaml must be (re)written. Writes nothing."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--out {self.root} is a file, not a directory")
         if self.config_path.exists():
             old = self.load_config()
-            a, b = _comparable(old), _comparable(cfg)
-            if a == b:
-                return
+            if _comparable(old) == _comparable(cfg):
+                return False
             problem = extension_problem(old, cfg)
-            if problem is None:  # atomic: status and report see the old config or the new
-                atomic_write_text(self.config_path, to_yaml(cfg))
-                return
+            if problem is None:
+                return True
             raise UserError(f"{self.root} holds a run with a different config ({problem}); "
                             "use another --out or the same settings to resume")
         if self.root.exists() and any(p.name != self.lock_path.name for p in self.root.iterdir()):
             raise UserError(f"{self.root} exists and is not a gangaps run; choose another --out")
-        atomic_write_text(self.config_path, to_yaml(cfg))
+        return True
+
+    def check_or_write_config(self, cfg: Config) -> None:
+        """A new run writes its config; an extended one replaces the stored one, atomically
+        (status and report read the old config or the new, never half)."""
+        if self.check_config(cfg):
+            atomic_write_text(self.config_path, to_yaml(cfg))
 
     # -- lock: one process writes a run at a time ----------------------------------------
     def acquire(self) -> None:
