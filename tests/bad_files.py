@@ -96,3 +96,18 @@ BILLION_LAUGHS = "\n".join(
 
 def python_tag_yaml(marker: Path) -> str:
     return f"name: !!python/object/apply:os.system ['touch {marker}']\n"
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def payload(t: Path) -> bytes:
+    """A pickle that would create t/PWNED if anything unpickled it unsafely."""
+    import pickle
+    return pickle.dumps({"model": _Payload(t / "PWNED")})

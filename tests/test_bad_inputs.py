@@ -122,6 +122,7 @@ CASES = {
     "kimg negative": option("gan.kimg=-1"),
     "beta2 = 1": option("gan.betas=[0.5,1.0]"),
     "lr beyond float32": option("gan.lr=1.0e300"),
+    "fool_lambda infinite": option("experiment.fool_lambda=.inf"),
     "one instance": option("experiment.instances=1"),
     "all instances held out": option("experiment.heldout_instances=2"),
     "zero iterations": option("experiment.iterations=0"),
@@ -168,6 +169,16 @@ CASES = {
         / "t.zip"),
     "images: source missing": prepare(lambda t: t / "missing"),
     "images: resolution 0": prepare({"a.png": bf.png(bf.face())}, resolution="0"),
+    # pickles where gangaps files or state dicts belong
+    "evaluate-classifier of a pickle": lambda t, e: [
+        "evaluate-classifier", str(bf.folder(t / "p", {"c.safetensors": bf.payload(t)}) / "c.safetensors"),
+        "--real", str(bf.folder(t / "r", {"a.png": bf.png(bf.face())})), "--fake", str(t / "r")],
+    "convert-nvidia of pickles": lambda t, e: [
+        "convert-nvidia", str(bf.folder(t / "p", {"G.pt": bf.payload(t)}) / "G.pt"), str(t / "p/G.pt"),
+        str(bf.folder(t / "c", {"c.json": b'{"z_dim": 8}'}) / "c.json"), str(t / "o.safetensors")],
+    "run on a pickle image cache": lambda t, e: run(
+        t, e, "data.dataset=images", "data.resolution=32", "data.channels=3",
+        f"data.path={bf.folder(t / 'p', {'x.safetensors': bf.payload(t)}) / 'x.safetensors'}"),
     # run directories that are not (intact) runs
     "status of a non-run": lambda t, e: ["status", str(bf.folder(t / "x", {"a": b"1"}))],
     "verify a file": lambda t, e: ["verify", str(a_file(t))],
@@ -192,6 +203,7 @@ def test_bad_input(case, existing, tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and err[0].startswith("gangaps: error:"), err
     assert _tree(tmp_path) == before, "something was written"
     assert _tree(existing) == run_before, "the existing run was touched"
+    assert not (tmp_path / "PWNED").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")

@@ -76,7 +76,8 @@ def _load_backbone_weights(net: nn.Module, arch: str, weights_path: str | Path) 
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable / non-tensor pickle is the user's file problem
         raise UserError(
-            f"classifier {arch!r}: cannot load weights_path {str(path)!r}: {e}"
+            f"classifier {arch!r}: cannot load weights_path {str(path)!r}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
         ) from None
     # Accept the common wrappers ({"model": sd} as CNNDetection saves, {"state_dict": sd}) and
     # the "module." prefix DataParallel adds.
