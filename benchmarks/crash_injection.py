@@ -31,10 +31,10 @@ def main() -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     t_ref = time.perf_counter() - t0
     print(f"uninterrupted run: {t_ref:.1f}s")
-    print(f"{'kill':>4}  {'stage':<20} {'GANGAPS_CRASH_AT':<44} {'rc':>3} {'s':>5} {'finished':>8}")
+    print(f"{'kill':>4}  {'stage':<20} {'GANGAPS_CRASH_AT':<52} {'rc':>3} {'s':>5} {'finished':>8}")
 
     def log(row: dict) -> None:
-        print(f"{row['kill']:>4}  {row['stage']:<20} {row['at']:<44} {row['rc']:>3} "
+        print(f"{row['kill']:>4}  {row['stage']:<20} {row['at']:<52} {row['rc']:>3} "
               f"{row['seconds']:>5} {row['finished']:>8}", flush=True)
 
     t0 = time.perf_counter()
