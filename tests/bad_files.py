@@ -84,10 +84,6 @@ def idx_gz(magic: bytes, dims: tuple[int, ...], body: bytes) -> bytes:
     return gzip.compress(magic + b"".join(struct.pack(">I", d) for d in dims) + body)
 
 
-def real_idx(name: str) -> bytes:
-    return gzip.decompress((MNIST / name).read_bytes())
-
-
 BILLION_LAUGHS = "\n".join(
     ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]

@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from gangaps.errors import UserError, warn
+from gangaps.errors import UserError
 from gangaps.io import atomic_write_json, load_tensors, save_tensors
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
@@ -256,8 +256,8 @@ def load_image_dataset(path: str | Path | None, resolution: int, channels: int) 
     if not len(images):
         raise UserError(f"{p}: none of the {found} image files could be decoded")
     if skipped:
-        warn(f"{p}: skipped {len(skipped)} unreadable image(s) of {found}, e.g. "
-             f"{skipped[0]['name']} ({skipped[0]['error']})")
+        warnings.warn(f"{p}: skipped {len(skipped)} unreadable image(s) of {found}, e.g. "
+                      f"{skipped[0]['name']} ({skipped[0]['error']})", stacklevel=2)
     return images
 
 
