@@ -243,9 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("GANGAPS_DATA_ROOT", args.data_root)
     try:
         rc = args.func(args)
-    except UserError as e:  # one line, even when a library's message was several
-        text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        print(f"gangaps: error: {text}", file=sys.stderr)
+    except UserError as e:  # str(e) is one line (gangaps.errors)
+        print(f"gangaps: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gangaps: interrupted; run the same command again to resume", file=sys.stderr)

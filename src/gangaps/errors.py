@@ -9,6 +9,9 @@ from pathlib import Path
 class UserError(Exception):
     """Bad input from the user (config, paths, data). Programmer errors stay asserts."""
 
+    def __str__(self) -> str:  # one line, whatever went in (a key with a newline, torch's text)
+        return " ".join(line.strip() for line in super().__str__().splitlines() if line.strip())
+
 
 class CorruptFile(UserError):
     """A file gangaps wrote (or was given) that is truncated, damaged or not what it claims."""
