@@ -101,6 +101,7 @@ CASES = {
     "stylegan2 w_dim 0": stylegan2("gan.options={w_dim: 0}"),
     "stylegan2 mapping_layers 0": stylegan2("gan.options={mapping_layers: 0}"),
     "stylegan2 ada_target 2": stylegan2("gan.options={ada_target: 2}"),
+    "stylegan2 ada_target -1.5": stylegan2("gan.options={ada_target: -1.5}"),
     "stylegan2 mbstd_group_size 0": stylegan2("gan.options={mbstd_group_size: 0}"),
     "stylegan2 r1_gamma negative": stylegan2("gan.options={r1_gamma: -1}"),
     "stylegan2 augment unknown": stylegan2("gan.options={augment: mixup}"),

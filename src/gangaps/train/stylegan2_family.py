@@ -100,8 +100,8 @@ class StyleGAN2Family(GANFamily):
             if not isinstance(o[key], (int, float)) or o[key] < 0:
                 raise UserError(f"gan.options.{key} must be a number >= 0 (got {o[key]!r})")
         if isinstance(o["ada_target"], bool) or not isinstance(o["ada_target"], (int, float)) \
-                or not 0 <= o["ada_target"] <= 1:
-            raise UserError(f"gan.options.ada_target must be in [0, 1] (got {o['ada_target']!r})")
+                or not -1 <= o["ada_target"] <= 1:
+            raise UserError(f"gan.options.ada_target must be in [-1, 1] (got {o['ada_target']!r})")
         if not isinstance(o["ada_kimg"], (int, float)) or o["ada_kimg"] <= 0:
             raise UserError(f"gan.options.ada_kimg must be a number > 0 (got {o['ada_kimg']!r})")
         g = o["mbstd_group_size"]
