@@ -40,3 +40,13 @@ def tiny_overrides(**extra: object) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """An uninterrupted demo-size run (tests/robustness.py), made once for the robustness tests."""
+    from tests import robustness as rb
+    out = tmp_path_factory.mktemp("tiny-reference") / "run"
+    res = rb.run(out)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = tiny_overrides(**{"experiment.instances": 2, "gan.checkpoint_kimg": 0.25,
                               "classifier_training.n_real": 400, "classifier_training.n_fake": 400,
                               "classifier_training.epochs": 1, "evaluation.bootstrap": 0})
-GEN_FILES = {"checkpoint.safetensors", "log.jsonl", "samples.png", "DONE"}
+GEN_FILES = {"checkpoint.safetensors", "checkpoint.prev.safetensors", "log.jsonl", "samples.png", "DONE"}
 
 
 def _cmd(out: Path, data_root: Path, *extra: str) -> list[str]:

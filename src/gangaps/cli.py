@@ -64,6 +64,13 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(status_text(Path(args.run_dir)))
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gangaps.experiment.verify import verify_text
+    text, ok = verify_text(Path(args.run_dir))
+    print(text)
+    return 0 if ok else 1
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from gangaps.report import build_report
     print(f"report: {build_report(Path(args.run_dir))}")
@@ -168,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run directory (holds config.yaml)")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("verify", help="check every file of a run against its checksum",
+                       description="Check every checkpoint, classifier, sample grid, DONE marker, "
+                       "evaluation and report file of a run (safetensors files against the "
+                       "SHA-256 in their header) and print what is damaged and how to redo it. "
+                       "Exit status 0 when all is intact, 1 otherwise.")
+    p.add_argument("run_dir", help="a run directory (holds config.yaml)")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("report", help="(re)build report/index.html and results.json of a run",
                        description="Collect every finished measurement of a run into "
                        "report/results.json (long format) and draw report/index.html with its "
@@ -227,14 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "data_root", None):
         os.environ.setdefault("GANGAPS_DATA_ROOT", args.data_root)
     try:
-        args.func(args)
-    except UserError as e:
+        rc = args.func(args)
+    except UserError as e:  # str(e) is one line (gangaps.errors)
         print(f"gangaps: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gangaps: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

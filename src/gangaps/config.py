@@ -17,7 +17,7 @@ from gangaps.errors import UserError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -63,15 +63,21 @@ class GANConfig(_Section):
     family: str = Field("dcgan", description="dcgan | stylegan2")
     kimg: float = Field(3000.0, gt=0, description="training length in thousands of real "
                         "images shown to D (MNIST: 3000 kimg = 50 epochs)")
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(256, ge=1, le=1_000_000)
+    lr: float = Field(1e-4, gt=0, le=1e30)  # float32 range: above, Adam cannot step
     betas: tuple[float, float] = (0.9, 0.999)
-    z_dim: int = Field(100, ge=1)
+    z_dim: int = Field(100, ge=1, le=8192)
     options: dict[str, Any] = Field(default_factory=dict, description="family-specific "
                                     "network and loss options")
     checkpoint_kimg: float = Field(50.0, gt=0, description="checkpoint every this many kimg")
     log_kimg: float = Field(5.0, gt=0)
-    sample_grid: int = Field(64, ge=1)
+    sample_grid: int = Field(64, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _betas(self) -> GANConfig:
+        if not all(0 <= b < 1 for b in self.betas):  # Adam divides by 1 - beta2**t
+            raise ValueError(f"betas must each be in [0, 1), got {list(self.betas)}")
+        return self
 
 
 class ClassifierSpec(_Section):
@@ -90,7 +96,7 @@ class ClassifierTrainingConfig(_Section):
         "frozen generators for every training batch")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     batch_size: int = Field(256, ge=2)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-4, gt=0, le=1e30)  # float32 range: above, Adam cannot step
     epochs: int = Field(10, ge=1, description="maximum epochs")
     patience: int = Field(2, ge=1, description="epochs without validation gain before lr/10")
     min_lr: float = Field(1e-6, gt=0, description="stop once the learning rate falls below")
@@ -172,6 +178,9 @@ def apply_overrides(tree: dict, items: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
+        except RecursionError:
+            raise UserError(f"override {key}: value nested too deeply") from None
+        _check_size(value, f"override {key}")
         _set_dotted(tree, key.strip(), value)
     return tree
 
@@ -196,7 +205,37 @@ def _format_error(err: ValidationError) -> str:
     return f"{where}: {msg}{more}" if where else f"{msg}{more}"
 
 
+MAX_NODES = 100_000  # far above any real config; stops YAML alias bombs ("billion laughs")
+
+
+def _check_size(tree: Any, where: str) -> None:
+    """Count values, shared ones (YAML aliases) once per use, and stop past MAX_NODES."""
+    stack, n = [tree], 0
+    while stack:
+        node = stack.pop()
+        n += 1
+        if n > MAX_NODES:
+            raise UserError(f"{where}: more than {MAX_NODES} values (nested YAML aliases?); "
+                            "refusing it")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load (no Python tags: nothing is constructed but plain data), one-line errors."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply") from None
+
+
 def from_dict(tree: dict) -> Config:
+    _check_size(tree, "config")
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
@@ -210,12 +249,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
+        if path.stat().st_size > 2**20:
+            raise UserError(f"{path}: {path.stat().st_size} bytes is not a config (> 1 MiB)")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: cannot read the config ({e.__class__.__name__})") from None
+        tree = parse_yaml(text, str(path)) or {}
         if not isinstance(tree, dict):
             raise UserError(f"{path}: expected a mapping at the top level")
+        _check_size(tree, str(path))
     # start from the defaults so overrides can reach into default lists (classifiers.0.seeds)
     tree = _merge(Config().model_dump(mode="json"), tree)
     return from_dict(apply_overrides(tree, list(overrides)))

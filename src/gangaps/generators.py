@@ -10,17 +10,25 @@ from torch import nn
 
 from gangaps.config import GANConfig
 from gangaps.data import to_uint8
+from gangaps.errors import CorruptFile, UserError
 from gangaps.io import load_state
 from gangaps.train.family import get_family
 
 
 def load_generator(checkpoint: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """The sampling network (G_ema if the family keeps one) of a generator checkpoint, frozen."""
+    """The sampling network (G_ema if the family keeps one) of a generator checkpoint, frozen.
+
+    The file's checksum is verified; a damaged or foreign file raises CorruptFile.
+    """
     state = load_state(checkpoint)
-    spec = state["spec"]
-    family = get_family(spec["gan"]["family"])
-    nets = family.build(GANConfig.model_validate(spec["gan"]), spec["channels"], spec["resolution"])
-    nets.load_state_dict(state["nets"])
+    try:
+        spec = state["spec"]
+        family = get_family(spec["gan"]["family"])
+        nets = family.build(GANConfig.model_validate(spec["gan"]), spec["channels"],
+                            spec["resolution"])
+        nets.load_state_dict(state["nets"])
+    except (KeyError, TypeError, ValueError, RuntimeError, UserError) as e:
+        raise CorruptFile(checkpoint, f"not a generator checkpoint ({e.__class__.__name__})") from None
     G = family.sampler(nets).to(device).eval().requires_grad_(False)
     G.z_dim = spec["gan"]["z_dim"]
     return G

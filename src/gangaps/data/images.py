@@ -1,8 +1,11 @@
 """Image datasets (FFHQ-style faces): a folder or zip of images, or a prepared uint8 cache.
 
 `prepare_data` decodes every image once (RGB forced, centre crop to square, resize with a
-named PIL filter, as NVIDIA's dataset_tool does for FFHQ) and writes one safetensors file of
-uint8 [N, C, R, R] plus a JSON summary; unreadable files are listed and skipped, never fatal.
+named PIL filter, as NVIDIA's dataset_tool does for FFHQ) and writes one checksummed
+safetensors file of uint8 [N, C, R, R] plus a JSON summary; unreadable files (truncated,
+corrupt, under MIN_SIDE or over MAX_PIXELS) are listed and skipped, never fatal. 16-bit images
+keep their top 8 bits; transparent pixels are composited onto black. A zip whose member names
+leave the archive (`../`, absolute paths) is refused whole.
 `load_image_dataset` reads such a cache (fast) or, failing that, decodes a folder or zip on
 the fly with the same pipeline (slow: every run pays the decoding).
 
@@ -15,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -28,11 +30,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from gangaps.errors import UserError
-from gangaps.io import atomic_write_json
+from gangaps.io import atomic_write_json, load_tensors, save_tensors
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 FILTERS = {
@@ -44,6 +45,11 @@ FILTERS = {
 _META_KEY = "gangaps_images"
 _TENSOR_KEY = "images"
 _CHUNK = 256  # images decoded per batch of worker tasks (bounds memory held as raw bytes)
+MIN_SIDE = 8  # smaller images carry nothing to learn from (a 1×1 "face")
+MAX_PIXELS = 8192 * 8192  # decompression-bomb guard, checked from the header before decoding
+_MAX_MEMBER = 512 * 2**20  # zip members larger than this (uncompressed) are skipped
+# PIL warns (and later raises) past its own limit while reading a header; MAX_PIXELS decides.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def cache_name(resolution: int) -> str:
@@ -65,21 +71,64 @@ def _list_source(src: Path) -> tuple[list[str], Callable[[str], bytes], Callable
                        if p.is_file() and _is_image(p.name))
         return names, lambda n: (src / n).read_bytes(), lambda: None
     if zipfile.is_zipfile(src):
-        zf = zipfile.ZipFile(src)
-        names = sorted(i.filename for i in zf.infolist()
+        try:
+            zf = zipfile.ZipFile(src)
+            infos = zf.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise UserError(f"{src}: damaged zip ({e})") from None
+        for i in infos:
+            parts = i.filename.replace("\\", "/").split("/")
+            if i.filename.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+                zf.close()
+                raise UserError(f"{src}: member {i.filename!r} points outside the archive; "
+                                "refusing the zip")
+        sizes = {i.filename: i.file_size for i in infos}
+        names = sorted(i.filename for i in infos
                        if not i.is_dir() and _is_image(i.filename)
                        and not i.filename.startswith("__MACOSX/"))
-        return names, zf.read, zf.close
+
+        def read(name: str) -> bytes:
+            if sizes[name] > _MAX_MEMBER:
+                raise UserError(f"{sizes[name]} bytes uncompressed (> {_MAX_MEMBER})")
+            return zf.read(name)
+
+        return names, read, zf.close
     raise UserError(f"{src}: not a folder, zip or prepared .safetensors cache of images")
 
 
-def _decode(data: bytes, resolution: int, center_crop: bool, resample: Image.Resampling,
-            channels: int) -> np.ndarray:
-    """bytes -> uint8 [R, R, C]. Raises on unreadable or truncated images."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()  # decode fully now: truncated files fail here, not later
-        im = ImageOps.exif_transpose(im)  # phone photos: respect the stored orientation
-        im = im.convert("RGB")  # palette, gray, CMYK, alpha: one colour model for all
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: 16-bit and float gray scaled to 8 bits, alpha onto black."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.uint32 if im.mode == "I" else np.uint16)
+        im = Image.fromarray((arr >> 8).clip(0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        im = Image.fromarray(np.asarray(im).clip(0, 255).astype(np.uint8), "L")
+    if im.mode == "P" or "A" in im.getbands() or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return im.convert("RGB")  # gray, CMYK, YCbCr, LAB: one colour model for all
+
+
+def decode_image(data: bytes, resolution: int, center_crop: bool = True,
+                 resample: Image.Resampling = Image.Resampling.LANCZOS,
+                 channels: int = 3) -> np.ndarray:
+    """bytes -> uint8 [R, R, C]. UserError (one line) for anything that is not a usable image."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise UserError(f"{w}×{h} px is over the {MAX_PIXELS} pixel limit")
+            if min(w, h) < MIN_SIDE:
+                raise UserError(f"{w}×{h} px is under {MIN_SIDE} px")
+            im.load()  # decode fully now: truncated files fail here, not later
+            im = ImageOps.exif_transpose(im)  # phone photos: respect the stored orientation
+            im = _to_rgb(im)
+    except UserError:
+        raise
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"not a readable image ({msg})") from None
     if center_crop and im.width != im.height:
         s = min(im.width, im.height)
         left, top = (im.width - s) // 2, (im.height - s) // 2
@@ -112,7 +161,7 @@ def _decode_all(src: Path, resolution: int, channels: int, center_crop: bool,
         if isinstance(data, Exception):
             return data
         try:
-            return _decode(data, resolution, center_crop, resample, channels)
+            return decode_image(data, resolution, center_crop, resample, channels)
         except Exception as e:  # any decoder failure means "skip this file", never a crash
             return e
 
@@ -151,16 +200,8 @@ def _decode_all(src: Path, resolution: int, channels: int, center_crop: bool,
 
 
 def _write_cache(path: Path, images: torch.Tensor, meta: dict[str, Any]) -> None:
-    """safetensors written to a temporary name in the same folder, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({_TENSOR_KEY: images.contiguous()}, tmp, metadata={_META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Checksummed safetensors, written to a temporary name in the same folder, then renamed."""
+    save_tensors(path, {_TENSOR_KEY: images.contiguous()}, {_META_KEY: json.dumps(meta)})
 
 
 def read_cache_meta(path: str | Path) -> dict[str, Any]:
@@ -172,7 +213,12 @@ def read_cache_meta(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a readable safetensors file") from None
     if _META_KEY not in meta:
         raise UserError(f"{path}: not an image cache written by gangaps prepare-data")
-    return json.loads(meta[_META_KEY])
+    try:
+        out = json.loads(meta[_META_KEY])
+        int(out["resolution"]), int(out["channels"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: damaged image cache metadata") from None
+    return out
 
 
 def _load_cache(path: Path, resolution: int, channels: int) -> torch.Tensor:
@@ -181,8 +227,8 @@ def _load_cache(path: Path, resolution: int, channels: int) -> torch.Tensor:
         raise UserError(f"{path}: prepared at {meta['resolution']} px × {meta['channels']} "
                         f"channels, but data.resolution={resolution} data.channels={channels}; "
                         "prepare it again or change the config")
-    images = load_file(str(path))[_TENSOR_KEY]
-    if images.dtype != torch.uint8 or images.ndim != 4 or \
+    images = load_tensors(path)[0].get(_TENSOR_KEY)  # checksum verified
+    if images is None or images.dtype != torch.uint8 or images.ndim != 4 or \
             tuple(images.shape[1:]) != (channels, resolution, resolution):
         raise UserError(f"{path}: image tensor has unexpected shape {list(images.shape)} / "
                         f"dtype {images.dtype}")
@@ -210,7 +256,7 @@ def load_image_dataset(path: str | Path | None, resolution: int, channels: int) 
     if not len(images):
         raise UserError(f"{p}: none of the {found} image files could be decoded")
     if skipped:
-        warnings.warn(f"{p}: skipped {len(skipped)} unreadable image(s), e.g. "
+        warnings.warn(f"{p}: skipped {len(skipped)} unreadable image(s) of {found}, e.g. "
                       f"{skipped[0]['name']} ({skipped[0]['error']})", stacklevel=2)
     return images
 

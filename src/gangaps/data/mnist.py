@@ -11,6 +11,7 @@ import hashlib
 import os
 import struct
 import urllib.request
+import zlib
 from pathlib import Path
 
 import torch
@@ -72,13 +73,40 @@ def download_mnist(folder: Path) -> Path:
     return folder
 
 
-def _read_idx(path: Path) -> torch.Tensor:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    magic, = struct.unpack(">I", data[:4])
-    ndim = magic & 0xFF
+_MAX_BYTES = 2**31  # far above MNIST's 47 MB; bounds what a forged header can make us read
+
+
+def parse_idx(data: bytes, name: str = "idx data") -> torch.Tensor:
+    """Decompressed idx bytes -> uint8 tensor; UserError for anything but a well-formed file."""
+    if len(data) < 4:
+        raise UserError(f"{name}: truncated idx file ({len(data)} bytes)")
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08 or not 1 <= ndim <= 4:
+        raise UserError(f"{name}: not an idx file of uint8 (magic {data[:4].hex()}, "
+                        "expected 000008 then the number of dimensions)")
+    if len(data) < 4 + 4 * ndim:
+        raise UserError(f"{name}: truncated idx header")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    n = 1
+    for d in shape:
+        n *= d
+    body = len(data) - 4 - 4 * ndim
+    if n != body:
+        raise UserError(f"{name}: header says {list(shape)} ({n} bytes) but the file holds "
+                        f"{body}; {'truncated' if body < n else 'wrong size'}")
     return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).view(*shape)
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read(_MAX_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise UserError(f"{path}: not a readable gzip file ({e.__class__.__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'truncated'})") from None
+    if len(data) > _MAX_BYTES:
+        raise UserError(f"{path}: decompresses to more than {_MAX_BYTES} bytes; not MNIST")
+    return parse_idx(data, str(path))
 
 
 def load_mnist(split: str, root: str | Path | None = None,
@@ -86,8 +114,14 @@ def load_mnist(split: str, root: str | Path | None = None,
     """(images uint8 [N, 28, 28], labels int64 [N]) for split 'train' (60k) or 'test' (10k)."""
     prefix = {"train": "train", "test": "t10k"}[split]
     folder = find_mnist(root, download)
-    images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
+    images_path = folder / f"{prefix}-images-idx3-ubyte.gz"
+    images = _read_idx(images_path)
     labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").long()
+    if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28) or len(images) == 0:
+        raise UserError(f"{images_path}: expected N 28×28 images, got shape {list(images.shape)}")
+    if labels.dim() != 1 or len(labels) != len(images):
+        raise UserError(f"{folder}: {len(images)} {split} images but labels of shape "
+                        f"{list(labels.shape)}")
     return images, labels
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from gangaps.config import Config
 from gangaps.data import RealData, load_real
-from gangaps.errors import UserError
+from gangaps.errors import CorruptFile, UserError
 from gangaps.experiment.evaluate import QualityMeter, detection_record
 from gangaps.experiment.plan import (
     GeneratorSpec,
@@ -31,7 +31,7 @@ from gangaps.experiment.plan import (
     derive_seed,
     generator_specs,
 )
-from gangaps.experiment.store import RunStore, iteration0_view
+from gangaps.experiment.store import RunStore, iteration0_view, redo_hint
 from gangaps.generators import generate, load_generator
 from gangaps.io import atomic_write_json
 from gangaps.models.classifiers import build_classifier
@@ -67,11 +67,23 @@ def open_run(cfg: Config, out: str | Path) -> tuple[RunStore, RealData]:
                             f"with other settings ({', '.join(diff[:4])} differ)")
     real = load_real(cfg.data)
     resolve_device(cfg.device)
-    get_family(cfg.gan.family).build(cfg.gan, real.channels, real.resolution)  # options valid?
+    try:  # options valid?
+        get_family(cfg.gan.family).build(cfg.gan, real.channels, real.resolution)
+    except (RuntimeError, MemoryError) as e:  # each size valid, too big together
+        raise UserError(f"gan: cannot build the networks ({str(e).splitlines()[0][:120]})") from None
     for spec in cfg.classifiers:
         build_classifier(spec.arch, real.channels, real.resolution, **spec.options)
     make_augment(cfg.classifier_training.augment)
-    store.check_or_write_config(cfg)
+    store.check_config(cfg)  # refuse before touching anything (the lock file included)
+    created = not store.root.exists()
+    store.acquire()  # before the config is written or extended: one writer per run
+    try:
+        store.check_or_write_config(cfg)
+    except BaseException:
+        store.release()
+        if created and not any(store.root.iterdir()):
+            store.root.rmdir()  # a refused run leaves nothing behind
+        raise
     return store, real
 
 
@@ -113,6 +125,10 @@ class Runner:
                 ddp.on_rank0(lambda k=k: self.train_classifiers(k))
                 ddp.on_rank0(lambda k=k: self.evaluate(k))
             ddp.on_rank0(lambda: build_report(self.store.root))
+        except CorruptFile as e:  # a finished job's artifact: say how to redo that job
+            if self.store.is_done(e.path.parent):
+                raise UserError(f"{e}; {redo_hint(e.path.parent)}") from None
+            raise
         finally:
             if self.main:
                 self.store.release()

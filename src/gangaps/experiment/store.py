@@ -9,20 +9,24 @@
 
 A job is done when its DONE marker exists; DONE is written last, atomically, so a crash leaves
 either a finished job or one that resumes from its checkpoint.
+
+One process writes a run at a time: `.lock` is held with flock(2) (atomic; the kernel drops it
+when its holder dies) and names the holder's pid. The stored config may only be *extended*
+(more iterations, more held-out classifier seeds); see `extension_problem`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
-import yaml
-
-from gangaps.config import Config, from_dict, to_yaml
-from gangaps.errors import UserError
+from gangaps.config import Config, from_dict, parse_yaml, to_yaml
+from gangaps.errors import CorruptFile, UserError
 from gangaps.io import atomic_write_json, atomic_write_text, read_json
 
 DONE = "DONE"
+_HELD: dict[str, int] = {}  # run lock files this process holds -> their descriptors (re-entrant)
 
 
 class RunStore:
@@ -79,42 +83,89 @@ class RunStore:
 
     @staticmethod
     def done_summary(job_dir: Path) -> dict:
-        return read_json(job_dir / DONE)
+        try:
+            return read_json(job_dir / DONE)
+        except (OSError, ValueError):
+            raise CorruptFile(job_dir / DONE, f"damaged DONE marker; {redo_hint(job_dir)}") from None
 
     # -- config -------------------------------------------------------------------------
     def load_config(self) -> Config:
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root} is a file, not a run directory")
         if not self.config_path.exists():
             raise UserError(f"{self.root} is not a gangaps run (no config.yaml)")
-        return from_dict(yaml.safe_load(self.config_path.read_text()))
+        try:
+            tree = parse_yaml(self.config_path.read_text("utf-8"), str(self.config_path))
+        except (UserError, UnicodeDecodeError):
+            raise CorruptFile(self.config_path, "damaged run config (not valid YAML)") from None
+        if not isinstance(tree, dict):
+            raise CorruptFile(self.config_path, "damaged run config (not a mapping)")
+        return from_dict(tree)
 
-    def check_or_write_config(self, cfg: Config) -> None:
-        """A new run writes its config; an existing run resumes only with the same config."""
+    def check_config(self, cfg: Config) -> bool:
+        """UserError unless `cfg` can run here: a new run, the same config, or an extended one
+        (see `extension_problem`). True when config.yaml must be (re)written. Writes nothing."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--out {self.root} is a file, not a directory")
         if self.config_path.exists():
             old = self.load_config()
-            a, b = _comparable(old), _comparable(cfg)
-            if a != b:
-                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-                raise UserError(f"{self.root} holds a run with a different config "
-                                f"({', '.join(diff[:4])}{'…' if len(diff) > 4 else ''} differ); "
-                                "use another --out or the same settings to resume")
-            return
-        if self.root.exists() and any(self.root.iterdir()):
+            if _comparable(old) == _comparable(cfg):
+                return False
+            problem = extension_problem(old, cfg)
+            if problem is None:
+                return True
+            raise UserError(f"{self.root} holds a run with a different config ({problem}); "
+                            "use another --out or the same settings to resume")
+        if self.root.exists() and any(p.name != self.lock_path.name for p in self.root.iterdir()):
             raise UserError(f"{self.root} exists and is not a gangaps run; choose another --out")
-        atomic_write_text(self.config_path, to_yaml(cfg))
+        return True
+
+    def check_or_write_config(self, cfg: Config) -> None:
+        """A new run writes its config; an extended one replaces the stored one, atomically
+        (status and report read the old config or the new, never half)."""
+        if self.check_config(cfg):
+            atomic_write_text(self.config_path, to_yaml(cfg))
 
     # -- lock: one process writes a run at a time ----------------------------------------
     def acquire(self) -> None:
-        if self.lock_path.exists():
+        """Take the run's lock or raise UserError naming its holder; creates the directory."""
+        key = str(self.lock_path.absolute())
+        if key in _HELD:
+            return
+        _check_writable_dir(self.root)
+        while True:
             try:
-                pid = int(self.lock_path.read_text().strip() or 0)
-            except ValueError:
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise UserError(f"{self.root} is being written by process {pid}")
-        atomic_write_text(self.lock_path, str(os.getpid()))
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise UserError(f"cannot write the run directory {self.root}: "
+                                f"{e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _read_pid(fd)
+                os.close(fd)
+                raise UserError(f"{self.root} is being written by process "
+                                f"{pid or '(starting)'}") from None
+            try:  # the holder before us may have removed the file: lock the one on disk
+                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        pid = _read_pid(fd)  # a writer that locks without flock (older gangaps) still counts
+        if pid and pid != os.getpid() and _alive(pid):
+            os.close(fd)
+            raise UserError(f"{self.root} is being written by process {pid}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _HELD[key] = fd
 
     def release(self) -> None:
-        self.lock_path.unlink(missing_ok=True)
+        fd = _HELD.pop(str(self.lock_path.absolute()), None)
+        if fd is not None:  # never another writer's lock
+            self.lock_path.unlink(missing_ok=True)  # while still holding it
+            os.close(fd)
 
     def running_pid(self) -> int | None:
         try:
@@ -122,6 +173,30 @@ class RunStore:
         except (OSError, ValueError):
             return None
         return pid if _alive(pid) else None
+
+
+def redo_hint(job_dir: Path) -> str:
+    """How to redo one job whose files are damaged."""
+    return f"delete {job_dir} and run the same command again to redo that job"
+
+
+def _read_pid(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or 0)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return 0
+
+
+def _check_writable_dir(root: Path) -> None:
+    """--out must be (or become) a directory this process may write; UserError otherwise."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--out {root} is a file, not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run directory {root}: {e.strerror or e}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the run directory {root}: permission denied")
 
 
 def _alive(pid: int) -> bool:
@@ -156,6 +231,38 @@ def _comparable(cfg: Config) -> dict:
     flat = _flatten(cfg.model_dump(mode="json"))
     flat.pop("device", None)
     return flat
+
+
+def extension_problem(old: Config, new: Config) -> str | None:
+    """Why `new` cannot continue a run made with `old` (None: it can).
+
+    A run may be extended by more iterations and by more held-out classifiers (more seeds of
+    a held-out entry, or new held-out entries): nothing already trained depends on them.
+    Everything else (a target classifier included: later generators fool it) must stay.
+    """
+    a, b = _comparable(old), _comparable(new)
+    for flat in (a, b):
+        flat.pop("experiment.iterations")
+        flat.pop("classifiers")
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        return f"{', '.join(diff[:4])}{'…' if len(diff) > 4 else ''} differ"
+    if new.experiment.iterations < old.experiment.iterations:
+        return (f"experiment.iterations {old.experiment.iterations} -> "
+                f"{new.experiment.iterations}: a run can be extended, not shortened")
+    if len(new.classifiers) < len(old.classifiers):
+        return "classifiers removed"
+    for i, (o, n) in enumerate(zip(old.classifiers, new.classifiers)):
+        if (o.arch, o.role, o.options) != (n.arch, n.role, n.options):
+            return f"classifiers.{i} changed"
+        if not set(o.seeds) <= set(n.seeds):
+            return f"classifiers.{i}.seeds lost {sorted(set(o.seeds) - set(n.seeds))}"
+        if o.role == "target" and set(n.seeds) != set(o.seeds):
+            return (f"classifiers.{i}.seeds: new target classifiers would change what later "
+                    "generators fool; add them as a held-out entry")
+    if any(n.role == "target" for n in new.classifiers[len(old.classifiers):]):
+        return "new classifiers with role target (only held-out ones can be added)"
+    return None
 
 
 # What may differ between runs that share one iteration 0 (sweeps): nothing iteration 0 uses.

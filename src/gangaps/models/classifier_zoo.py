@@ -76,7 +76,8 @@ def _load_backbone_weights(net: nn.Module, arch: str, weights_path: str | Path) 
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable / non-tensor pickle is the user's file problem
         raise UserError(
-            f"classifier {arch!r}: cannot load weights_path {str(path)!r}: {e}"
+            f"classifier {arch!r}: cannot load weights_path {str(path)!r}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
         ) from None
     # Accept the common wrappers ({"model": sd} as CNNDetection saves, {"state_dict": sd}) and
     # the "module." prefix DataParallel adds.
@@ -116,7 +117,7 @@ def _resnet(
     _check_choice(arch, "stem", stem, RESNET_STEMS)
     _check_choice(arch, "pool", pool, RESNET_POOLS)
     if input_size is not None:
-        _check_int(arch, "input_size", input_size, 8)
+        _check_int(arch, "input_size", input_size, 8, 4096)
     elif stem == "imagenet":
         input_size = default_resnet_input_size(resolution)
     # no_downsample (total stride 8) and no_maxpool (16) leave ≥ 2×2 maps even at 28 px: keep
@@ -211,7 +212,7 @@ def patch(in_channels: int, resolution: int, depth: int = 4, width: int = 64) ->
     per-location decision is made from image content alone. Default depth 4 → 9×9 patches.
     """
     _check_int("patch", "depth", depth, 1, 8)
-    _check_int("patch", "width", width, 1)
+    _check_int("patch", "width", width, 1, 4096)
     _check_data("patch", in_channels, resolution, min_resolution=2 * depth + 1)
     layers: list[nn.Module] = []
     c = in_channels
@@ -271,7 +272,7 @@ def spectrum(
     """
     _check_data("spectrum", in_channels, resolution, min_resolution=4)
     _check_choice("spectrum", "head", head, ("cnn", "linear"))
-    _check_int("spectrum", "width", width, 1)
+    _check_int("spectrum", "width", width, 1, 4096)
     if gray is None:
         gray = in_channels == 1
     if not isinstance(gray, bool):
@@ -307,7 +308,7 @@ def dcgan_d(in_channels: int, resolution: int, width: int = 64) -> GANClassifier
     tutorial uses. Flatten+Dense needs a fixed size, so inputs are resized to `resolution`.
     """
     _check_data("dcgan_d", in_channels, resolution, min_resolution=4)
-    _check_int("dcgan_d", "width", width, 1)
+    _check_int("dcgan_d", "width", width, 1, 4096)
     side = math.ceil(math.ceil(resolution / 2) / 2)  # padding 2 reproduces TF 'same' sizes
     net = nn.Sequential(
         nn.Conv2d(in_channels, width, 5, stride=2, padding=2), nn.LeakyReLU(0.3), nn.Dropout(0.3),

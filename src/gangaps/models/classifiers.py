@@ -83,6 +83,9 @@ def build_classifier(arch: str, in_channels: int, resolution: int, **options) ->
         return ARCHITECTURES[arch](in_channels, resolution, **options)
     except TypeError as e:  # unknown option names come back as TypeError from the builder
         raise UserError(f"classifier {arch!r}: {e}") from None
+    except (RuntimeError, MemoryError) as e:  # sizes valid one by one, too big together
+        raise UserError(f"classifier {arch!r}: cannot build it with options {options} "
+                        f"({str(e).splitlines()[0][:120]})") from None
 
 
 @register("small_cnn")
@@ -91,6 +94,11 @@ def small_cnn(in_channels: int, resolution: int, width: int = 32) -> GANClassifi
 
     Deliberately unlike the DCGAN discriminator (5×5 kernels, dropout, flatten+dense).
     """
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 4096:
+        raise UserError(f"classifier 'small_cnn': option width must be an integer in [1, 4096], "
+                        f"got {width!r}")
+    if in_channels not in (1, 3) or resolution < 1:
+        raise UserError(f"classifier 'small_cnn': needs 1 or 3 channels, got {in_channels}")
     w = width
     net = nn.Sequential(
         nn.Conv2d(in_channels, w, 3, padding=1), nn.LeakyReLU(0.2),

@@ -6,6 +6,8 @@ logging come from the one loop in `gangaps.train.gan`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +57,15 @@ class Discriminator(nn.Module):
 class DCGANFamily(GANFamily):
     name = "dcgan"
     options = {"width": 1.0, "dropout": 0.3}
+
+    def resolve_options(self, cfg: GANConfig) -> dict[str, Any]:
+        o = super().resolve_options(cfg)
+        w, p = o["width"], o["dropout"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 16:
+            raise UserError(f"gan.options.width must be a number in (0, 16] (got {w!r})")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise UserError(f"gan.options.dropout must be a number in [0, 1) (got {p!r})")
+        return o
 
     def build(self, cfg: GANConfig, channels: int, resolution: int) -> nn.ModuleDict:
         if resolution != 28:

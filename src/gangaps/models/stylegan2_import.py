@@ -172,7 +172,8 @@ def _load_pt(path: str | Path, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report any unreadable file as a user error
         raise UserError(
-            f"cannot read {what} {path} as a plain state dict ({e}). Export it with "
+            f"cannot read {what} {path} as a plain state dict ({str(e).strip().splitlines()[0]}). "
+            "Export it with "
             "torch.save(net.state_dict(), path) inside NVIDIA's code (see docs/stylegan2.md)."
         ) from e
 

@@ -11,6 +11,7 @@ experiment's job: it draws the fake side from the frozen train-subset generators
 from __future__ import annotations
 
 import copy
+import math
 import time
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from gangaps.config import ClassifierTrainingConfig
 from gangaps.data import to_model_range
 from gangaps.data.augment import DetectorAugment
 from gangaps.data.sampler import EpochSampler
+from gangaps.errors import CorruptFile, NonFiniteLoss, UserError
 from gangaps.generators import generate, load_generator
-from gangaps.io import append_jsonl, load_state, rng_state, save_state, set_rng_state
+from gangaps.io import append_jsonl, load_resumable, load_state, rng_state, save_state, set_rng_state
 from gangaps.metrics.detection import detection_metrics
 from gangaps.models.classifiers import GANClassifier, build_classifier, freeze
 
@@ -122,8 +124,8 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
     best_val: dict[str, float] = {}
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     ckpt = out_dir / CHECKPOINT
-    if ckpt.exists():
-        s = load_state(ckpt)
+    s = load_resumable(ckpt)  # a damaged newest checkpoint falls back to the previous one
+    if s is not None:
         model.load_state_dict(s["model"])
         opt.load_state_dict(s["opt"])
         if ema is not None:
@@ -160,6 +162,10 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
             if ema is not None:
                 _ema_update(ema, model, tcfg.ema)
             loss_sum += loss.item()
+            if not math.isfinite(loss_sum):  # stop before a checkpoint of garbage is written
+                raise NonFiniteLoss(f"{label or 'classifier'} ({out_dir}): training loss is not "
+                                    f"finite at epoch {epoch + 1}, step {i + 1}; the job stopped "
+                                    "and its last good checkpoint is kept (try a lower lr)")
             bar.update(1)
         epoch += 1
         kept = ema if ema is not None else model
@@ -186,7 +192,7 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
             "fake_sampler": fake_sampler.state_dict() if fake_sampler is not None else {},
             "augment_rng": augment.generator.get_state() if augment is not None else torch.zeros(1),
             "rng": rng_state(), "epoch": epoch, "best_score": best_score, "best_val": best_val,
-            "best_epoch": best_epoch, "bad_epochs": bad_epochs})
+            "best_epoch": best_epoch, "bad_epochs": bad_epochs}, keep_previous=True)
     bar.close()
     model.load_state_dict(best_state)
     return {"epochs": epoch, "best_epoch": best_epoch, "select": tcfg.select,
@@ -204,10 +210,14 @@ def save_classifier(path: Path, model: GANClassifier, arch: str, options: dict,
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> GANClassifier:
     """A trained classifier, frozen (eval mode, no parameter gradients)."""
-    state = load_state(path)
-    spec = state["spec"]
-    model = build_classifier(spec["arch"], spec["in_channels"], spec["resolution"], **spec["options"])
-    model.load_state_dict(state["model"])
+    state = load_state(path)  # checksum verified; a damaged file raises CorruptFile
+    try:
+        spec = state["spec"]
+        model = build_classifier(spec["arch"], spec["in_channels"], spec["resolution"],
+                                 **spec["options"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError, UserError) as e:
+        raise CorruptFile(path, f"not a classifier file ({e.__class__.__name__})") from None
     return freeze(model.to(device))
 
 

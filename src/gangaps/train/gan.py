@@ -30,11 +30,11 @@ from tqdm.auto import tqdm
 from gangaps.config import Config
 from gangaps.data import to_model_range
 from gangaps.data.sampler import EpochSampler
-from gangaps.errors import UserError
+from gangaps.errors import NonFiniteLoss, UserError
 from gangaps.io import (
     append_jsonl,
     atomic_write_text,
-    load_state,
+    load_resumable,
     rng_state,
     save_state,
     set_rng_state,
@@ -44,6 +44,7 @@ from gangaps.train.family import get_family
 from gangaps.train.fool import FoolSchedule, FoolTerm
 
 CHECKPOINT = "checkpoint.safetensors"
+_NEVER = 2**62  # "no non-finite loss yet" in the per-phase first-bad-step tensors
 
 
 @dataclass
@@ -97,11 +98,11 @@ def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: 
     buffer_names = {name for name, _ in nets.named_buffers()}
 
     ckpt_path = job.out_dir / CHECKPOINT
-    resume = ckpt_path.exists()
+    state = load_resumable(ckpt_path)  # a damaged newest checkpoint falls back to the previous
+    resume = state is not None
     if split:
         resume = ddp.agree(resume)  # all ranks take the same branch
     if resume:  # resume the full state
-        state = load_state(ckpt_path)
         if state.get("world_size", 1) != world:
             raise UserError(f"{ckpt_path} was written by {state.get('world_size', 1)} "
                             f"process(es); resume it with the same number (now {world})")
@@ -134,10 +135,25 @@ def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: 
         }
         if split:
             state.update(world_size=world, ranks=ranks)
-        save_state(ckpt_path, state)
+        save_state(ckpt_path, state, keep_previous=True)
+
+    # first step of a non-finite loss per phase, kept on the device (no sync per step) and
+    # checked before every log line and checkpoint, so garbage is never written
+    first_bad: dict[str, torch.Tensor] = {}
+
+    def check_finite() -> None:
+        steps = [float(s) for s in first_bad.values()]
+        if split:  # any rank's NaN stops every rank at the same check
+            steps = ddp.mean_over_ranks(steps)
+        for name, s in zip(first_bad, steps):
+            if s < _NEVER:
+                at = int(first_bad[name]) if int(first_bad[name]) < _NEVER else "?"
+                raise NonFiniteLoss(f"{job.label or 'generator'} ({job.out_dir}): loss of phase "
+                                    f"{name} is not finite at step {at}; the job stopped and "
+                                    f"its last good checkpoint is kept (try a lower gan.lr)")
 
     log_path = job.out_dir / "log.jsonl"
-    if step > 0 and writer:
+    if writer:
         _truncate_log(log_path, step)  # lines written after the checkpoint are replayed
     # statistics stay tensors until a log line is written: no GPU sync per step
     stats_sum: dict[str, torch.Tensor | float] = {}
@@ -159,6 +175,8 @@ def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: 
                 if term is not None:
                     loss = loss + term[0]
                     out.stats.update(term[1])
+            bad = torch.where(torch.isfinite(loss.detach()), _NEVER, step + 1)  # as logged
+            first_bad[phase.name] = torch.minimum(first_bad.get(phase.name, bad), bad)
             opts[phase.opt].zero_grad(set_to_none=True)
             loss.backward()
             opts[phase.opt].step()
@@ -169,6 +187,8 @@ def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: 
         step += 1
         imgs += batch.shape[0] * world  # global images
         bar.update(1)
+        if step % log_every == 0 or step % ckpt_every == 0 or step == total_steps:
+            check_finite()
         if step % log_every == 0 or step == total_steps:
             dt = time.perf_counter() - t0
             means = [float(v) / stats_n[k] for k, v in stats_sum.items()]
@@ -200,8 +220,17 @@ def _truncate_log(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+            if _parses(line) and json.loads(line).get("step", 0) <= step]
     atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+def _parses(line: str) -> bool:
+    """A complete JSON line (a full disk can leave a partial last one)."""
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return bool(line.strip())
 
 
 def _sampler_weights(checkpoint: Path) -> dict:

@@ -99,6 +99,25 @@ class StyleGAN2Family(GANFamily):
         for key in ("pl_weight", "style_mixing_prob", "pl_decay"):
             if not isinstance(o[key], (int, float)) or o[key] < 0:
                 raise UserError(f"gan.options.{key} must be a number >= 0 (got {o[key]!r})")
+        if isinstance(o["ada_target"], bool) or not isinstance(o["ada_target"], (int, float)) \
+                or not -1 <= o["ada_target"] <= 1:
+            raise UserError(f"gan.options.ada_target must be in [-1, 1] (got {o['ada_target']!r})")
+        if not isinstance(o["ada_kimg"], (int, float)) or o["ada_kimg"] <= 0:
+            raise UserError(f"gan.options.ada_kimg must be a number > 0 (got {o['ada_kimg']!r})")
+        g = o["mbstd_group_size"]
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+            raise UserError("gan.options.mbstd_group_size must be null or an integer >= 1 "
+                            f"(got {o['mbstd_group_size']!r})")
+        if o["conv_clamp"] is not None and (not isinstance(o["conv_clamp"], (int, float))
+                                            or o["conv_clamp"] <= 0):
+            raise UserError(f"gan.options.conv_clamp must be null or a number > 0 "
+                            f"(got {o['conv_clamp']!r})")
+        for key in ("xflip", "channels_last"):
+            if not isinstance(o[key], bool):
+                raise UserError(f"gan.options.{key} must be true or false (got {o[key]!r})")
+        if o["channel_max"] > 4096 or o["w_dim"] > 4096 or o["mapping_layers"] > 64:
+            raise UserError("gan.options: channel_max and w_dim must be <= 4096, "
+                            "mapping_layers <= 64")
         for key in ("r1_gamma", "ema_kimg", "ema_rampup"):
             if o[key] is not None and (not isinstance(o[key], (int, float)) or o[key] < 0):
                 raise UserError(f"gan.options.{key} must be null or a number >= 0 "
