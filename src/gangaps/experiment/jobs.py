@@ -75,15 +75,18 @@ def is_done(store: RunStore, job: Job) -> bool:
     return not quality and not todo
 
 
+LOCK = ".lock"  # in a generator's or classifier's directory
+
+
 def lock_paths(store: RunStore, job: Job) -> list[Path]:
     """Beside the job's outputs: <gen or clf dir>/.lock, iter_KK/eval/.gen_NN_cII.lock."""
     if job.kind == GENERATOR:
-        return [store.generator_dir(s.iteration, s.instance) / ".lock" for s in job.generators]
+        return [store.generator_dir(s.iteration, s.instance) / LOCK for s in job.generators]
     if job.kind == CLASSIFIER:
-        return [store.classifier_dir(job.classifier.iteration, job.classifier.clf_id) / ".lock"]
+        return [store.classifier_dir(job.classifier.iteration, job.classifier.clf_id) / LOCK]
     g = job.generators[0]
     eval_dir = store.eval_path(g.iteration, g.instance, job.clf_iteration, "x").parent
-    return [eval_dir / f".gen_{g.instance:02d}_c{job.clf_iteration:02d}.lock"]
+    return [eval_dir / f".gen_{g.instance:02d}_c{job.clf_iteration:02d}{LOCK}"]
 
 
 def _eval_todo(store: RunStore, job: Job) -> tuple[bool, list[ClassifierJobSpec]]:
