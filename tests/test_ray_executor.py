@@ -18,10 +18,10 @@ import torch
 
 from gangaps.cli import main
 from gangaps.config import load_config
+from gangaps.errors import UserError
 from gangaps.experiment.joblock import job_lock, lock_holder
 from gangaps.experiment.runner import open_run
 from gangaps.experiment.status import status_text
-from gangaps.errors import UserError
 from tests.conftest import tiny_overrides
 
 ray = pytest.importorskip("ray")

@@ -40,6 +40,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def configure_device(device: torch.device) -> None:
+    if device.type == "cuda":  # fixed shapes: let cuDNN pick the fastest kernels
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
 def load_data(cfg: Config) -> RealData:
     real = load_real(cfg.data)
     real.eval_real = real.eval_real[:cfg.evaluation.n_real]

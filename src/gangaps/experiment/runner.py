@@ -27,6 +27,7 @@ from gangaps.experiment.executors import Progress, make_executor
 from gangaps.experiment.graph import Job, build_graph
 from gangaps.experiment.jobs import (
     JobContext,
+    configure_device,
     is_done,
     job_summary_line,
     load_data,
@@ -86,9 +87,7 @@ class Runner:
             real = load_data(cfg)
         if not ddp.launched_by_torchrun():
             self.device = resolve_device(cfg.device) if local else torch.device("cpu")
-        if self.device.type == "cuda":  # fixed shapes: let cuDNN pick the fastest kernels
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        configure_device(self.device)
         self.progress = progress and self.main
         self.ctx = JobContext(cfg, self.store.root, self.device, real, self.progress)
 
@@ -148,4 +147,5 @@ def _ray_work(cfg_tree: dict, root: str, job: Job, device: str | None) -> dict:
     if key not in _CONTEXTS:
         cfg = from_dict(cfg_tree)
         _CONTEXTS[key] = JobContext(cfg, root, torch.device(device or "cpu"))
+        configure_device(_CONTEXTS[key].device)
     return run_job(_CONTEXTS[key], job)
