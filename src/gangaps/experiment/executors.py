@@ -26,9 +26,11 @@ Work = Callable[[Job, "str | None"], dict]  # (job, device or None: the driver's
 
 
 class Progress:
-    """One line per finished job, with jobs done / running / waiting and an ETA."""
+    """One line per finished job, with jobs done / running / waiting and an ETA. Under ray,
+    "running/queued" counts the jobs handed to Ray (some may wait there for resources);
+    "waiting" the jobs still waiting for others."""
 
-    def __init__(self, jobs: list[Job], show: bool, on_record: Callable[[dict], None],
+    def __init__(self, jobs: list[Job], show: bool, on_record: Callable[[Job, dict], None],
                  detail: Callable[[Job], str] = lambda job: "") -> None:
         self.total, self.show, self.on_record, self.detail = len(jobs), show, on_record, detail
         self.left = {j.key: j.kind for j in jobs}
@@ -43,7 +45,7 @@ class Progress:
         self.running.discard(job.key)
         self.left.pop(job.key, None)
         record = {**record, "host": record.get("host", socket.gethostname())}
-        self.on_record(record)
+        self.on_record(job, record)
         if record.get("skipped"):
             return
         took = record["end"] - record["start"]
@@ -53,8 +55,8 @@ class Progress:
             extra = self.detail(job)
             tqdm.write(f"[{done}/{self.total}] {job.label}: done in {took:.0f}s"
                        f"{f' ({extra})' if extra else ''} on {record['host']} | "
-                       f"{len(self.running)} running, {len(self.left) - len(self.running)} "
-                       f"waiting, ETA {self.eta()}", file=sys.stderr)
+                       f"{len(self.running)} running/queued, "
+                       f"{len(self.left) - len(self.running)} waiting, ETA {self.eta()}", file=sys.stderr)
 
     def eta(self) -> str:
         """Remaining jobs × mean time of their kind so far, over the parallelism seen so far."""

@@ -16,7 +16,7 @@ iteration as the sequential runner always ran it, so the local executor just wal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gangaps.config import Config
 from gangaps.experiment.plan import (
@@ -40,6 +40,7 @@ class Job:
     generators: tuple[GeneratorSpec, ...] = ()
     classifiers: tuple[ClassifierJobSpec, ...] = ()
     with_quality: bool = False
+    run: str = ""  # which run it belongs to, when several independent runs share one graph
 
     @property
     def classifier(self) -> ClassifierJobSpec:
@@ -51,23 +52,28 @@ class Job:
 
     @property
     def key(self) -> str:
-        """Stable, unique, path-like: iter_00/gen_01, iter_00/clf_small_cnn_0, iter_01/eval/..."""
-        if self.kind == CLASSIFIER:
-            return classifier_key(self.classifier.iteration, self.classifier.clf_id)
+        """Stable, unique, path-like: iter_00/gen_01, iter_00/clf_small_cnn_0, iter_01/eval/...
+        (prefixed with `run:` when it has a run)."""
         g = self.generators
-        if self.kind == GENERATOR:
-            return generator_key(g[0].iteration, *(s.instance for s in g))
-        return f"iter_{g[0].iteration:02d}/eval/gen_{g[0].instance:02d}_c{self.clf_iteration:02d}"
+        if self.kind == CLASSIFIER:
+            key = classifier_key(self.classifier.iteration, self.classifier.clf_id)
+        elif self.kind == GENERATOR:
+            key = generator_key(g[0].iteration, *(s.instance for s in g))
+        else:
+            key = f"iter_{g[0].iteration:02d}/eval/gen_{g[0].instance:02d}_c{self.clf_iteration:02d}"
+        return f"{self.run}:{key}" if self.run else key
 
     @property
     def label(self) -> str:
-        if self.kind == CLASSIFIER:
-            return f"iter {self.classifier.iteration} {self.classifier.clf_id}"
         g = self.generators
         names = "+".join(f"{s.instance:02d}" for s in g)
-        if self.kind == GENERATOR:
-            return f"iter {g[0].iteration} gen {names}"
-        return f"eval iter {g[0].iteration} gen {names} by iter {self.clf_iteration} classifiers"
+        if self.kind == CLASSIFIER:
+            label = f"iter {self.classifier.iteration} {self.classifier.clf_id}"
+        elif self.kind == GENERATOR:
+            label = f"iter {g[0].iteration} gen {names}"
+        else:
+            label = f"eval iter {g[0].iteration} gen {names} by iter {self.clf_iteration} classifiers"
+        return f"{self.run}: {label}" if self.run else label
 
 
 def generator_key(k: int, *instances: int) -> str:
@@ -78,10 +84,17 @@ def classifier_key(k: int, clf_id: str) -> str:
     return f"iter_{k:02d}/{clf_id}"
 
 
-def build_graph(cfg: Config, group_size: int = 1) -> list[Job]:
+def build_graph(cfg: Config, group_size: int = 1, run: str = "") -> list[Job]:
     """Every job of the experiment, dependencies first. `group_size` instances per generator
     job (fused groups); a group only holds instances of one split, so classifiers never wait
-    for a held-out instance."""
+    for a held-out instance. `run` names the run in every key (several runs in one graph)."""
+    jobs = _build(cfg, group_size)
+    if not run:
+        return jobs
+    return [replace(j, run=run, deps=tuple(f"{run}:{d}" for d in j.deps)) for j in jobs]
+
+
+def _build(cfg: Config, group_size: int) -> list[Job]:
     K = cfg.experiment.iterations
     owner: dict[tuple[int, int], str] = {}  # (iteration, instance) -> key of the job training it
     jobs: list[Job] = []

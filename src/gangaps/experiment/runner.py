@@ -91,58 +91,79 @@ class Runner:
         self.progress = progress and self.main
         self.ctx = JobContext(cfg, self.store.root, self.device, real, self.progress)
 
-    # -- the experiment -----------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.store.root.name
+
     def run(self) -> None:
-        from gangaps.report import build_report
-        ddp.on_rank0(self.store.acquire)
-        try:
-            jobs = build_graph(self.cfg)
-            todo = [j for j in jobs if not is_done(self.store, j)]
-            self._check_shared(todo)
-            executor = make_executor(self.executor_name, self.cfg, self.address)
-            log = self.store.jobs_log_path
-            progress = Progress(todo, self.progress, partial(_log_record, log, self.main),
-                                partial(_detail, self.store))
-            if self.executor_name == "local":
-                # under torchrun every rank walks every job, each skip agreed with rank 0
-                executor.run(jobs if ddp.is_distributed() else todo, self._work, progress)
-            else:
-                executor.run(todo, partial(_ray_work, self.cfg.model_dump(mode="json"),
-                                           str(self.store.root)), progress)
-            ddp.on_rank0(lambda: build_report(self.store.root))
-        finally:
-            if self.main:
-                self.store.release()
+        run_together([self], self.executor_name, self.address)
 
-    def _work(self, job: Job, device: str | None) -> dict:
-        return run_job(self.ctx, job)
-
-    def _check_shared(self, todo: list[Job]) -> None:
-        if self.store.shared_iteration0 is None:
-            return
-        for job in todo:
-            if job.iteration == 0 and job.kind != "evaluation":
-                raise UserError(f"shared iteration 0 is unfinished: {job.key} in "
-                                f"{self.store.shared_iteration0} (finish that run first)")
+    def todo(self, jobs: list[Job]) -> list[Job]:
+        todo = [j for j in jobs if not is_done(self.store, j)]
+        if self.store.shared_iteration0 is not None:
+            for job in todo:
+                if job.iteration == 0 and job.kind != "evaluation":
+                    raise UserError(f"shared iteration 0 is unfinished: {job.key} in "
+                                    f"{self.store.shared_iteration0} (finish that run first)")
+        return todo
 
 
-def _log_record(path: Path, main: bool, record: dict) -> None:
+def run_together(runners: list[Runner], executor: str = "local",
+                 address: str | None = None) -> None:
+    """Runs whose jobs wait for nothing of each other's (a sweep's variants) as one graph,
+    so a cluster works on all of them at once; then each run's report."""
+    from gangaps.report import build_report
+    several = len(runners) > 1
+    by_run = {(r.name if several else ""): r for r in runners}
+    locked: list[Runner] = []
+    try:
+        for r in runners:
+            ddp.on_rank0(r.store.acquire)
+            locked.append(r)
+        graphs = {run: build_graph(r.cfg, run=run) for run, r in by_run.items()}
+        todo = [j for run, r in by_run.items() for j in r.todo(graphs[run])]
+        main = runners[0]
+        progress = Progress(todo, main.progress, partial(_log_record, by_run, main.main),
+                            partial(_detail, by_run))
+        ex = make_executor(executor, main.cfg, address)  # resources: the same for every run
+        if executor == "local":
+            # under torchrun every rank walks every job, each skip agreed with rank 0
+            jobs = [j for g in graphs.values() for j in g] if ddp.is_distributed() else todo
+            ex.run(jobs, partial(_local_work, by_run), progress)
+        else:
+            ex.run(todo, partial(_ray_work, {run: (r.cfg.model_dump(mode="json"), str(r.store.root))
+                                             for run, r in by_run.items()}), progress)
+        for r in runners:
+            ddp.on_rank0(lambda r=r: build_report(r.store.root))
+    finally:
+        for r in locked:
+            if r.main:
+                r.store.release()
+
+
+def _local_work(by_run: dict[str, Runner], job: Job, device: str | None) -> dict:
+    return run_job(by_run[job.run].ctx, job)
+
+
+def _log_record(by_run: dict[str, Runner], main: bool, job: Job, record: dict) -> None:
     if main:
-        append_jsonl(path, record)
+        append_jsonl(by_run[job.run].store.jobs_log_path, record)
 
 
-def _detail(store: RunStore, job: Job) -> str:
-    return job_summary_line(job, store)
+def _detail(by_run: dict[str, Runner], job: Job) -> str:
+    return job_summary_line(job, by_run[job.run].store)
 
 
 _CONTEXTS: dict[tuple[str, str], JobContext] = {}  # per worker process: data loaded once
 
 
-def _ray_work(cfg_tree: dict, root: str, job: Job, device: str | None) -> dict:
-    """A job in a Ray worker (module level: Ray ships it by reference)."""
+def _ray_work(runs: dict[str, tuple[dict, str]], job: Job, device: str | None) -> dict:
+    """A job in a Ray worker (module level: Ray ships it by reference); `runs` maps a run to
+    its config and directory."""
     import json
 
     from gangaps.config import from_dict
+    cfg_tree, root = runs[job.run]
     key = (root, json.dumps(cfg_tree, sort_keys=True) + str(device))
     if key not in _CONTEXTS:
         cfg = from_dict(cfg_tree)
