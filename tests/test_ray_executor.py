@@ -154,7 +154,7 @@ with job_lock(Path({str(lock)!r}), "iter 0 gen 00"):
     assert lock_holder(lock) is None  # the kernel dropped it with its holder
     with job_lock(lock, "iter 0 gen 00"):
         assert lock_holder(lock)["pid"] == os.getpid()
-    assert lock_holder(lock) is None
+    assert not lock.exists()  # gone with its job: job directories hold only their outputs
 
 
 def test_status_shows_where_a_job_runs(local_run, tmp_path):

@@ -4,7 +4,8 @@
 it when the holder dies (a SIGKILLed Ray worker included), so a retry or a new driver takes the
 job over at once and resumes it from its checkpoint. On a shared filesystem the lock is seen by
 every node (NFS v4 and Lustre support flock; a filesystem mounted without locks does not). While
-held, the file names its holder (host, pid, start time), which `gangaps status` shows.
+held, the file names its holder (host, pid, start time), which `gangaps status` shows; it is
+removed when the job ends (one left behind by a killed holder is unlocked, hence stale).
 """
 
 from __future__ import annotations
@@ -23,30 +24,36 @@ from gangaps.errors import UserError
 
 @contextmanager
 def job_lock(path: Path, job: str, wait: bool = False) -> Iterator[None]:
-    """Hold `path` exclusively; if another process holds it, raise UserError (or wait)."""
+    """Hold `path` exclusively; if another process holds it, raise UserError (or wait).
+    The file exists only while held (or after its holder was killed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + 2  # ride out a `status` reader's brief shared lock
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() > deadline:
+                h = lock_holder(path) or {}
+                raise UserError(f"{job} is being run by pid {h.get('pid', '?')} on "
+                                f"{h.get('host', '?')}; two drivers must not share a run") from None
+            time.sleep(0.1)
+            continue
+        try:  # the previous holder may have removed the file we locked: lock the new one
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
     try:
-        deadline = time.monotonic() + 2  # ride out a `status` reader's brief shared lock
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    h = lock_holder(path) or {}
-                    raise UserError(f"{job} is being run by pid {h.get('pid', '?')} on "
-                                    f"{h.get('host', '?')}; two drivers must not share a "
-                                    "run") from None
-                time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"job": job, "host": socket.gethostname(), "pid": os.getpid(),
                                  "start": time.time()}).encode())
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)  # an empty lock file: finished (content left: killed)
+        yield
     finally:
+        path.unlink(missing_ok=True)  # while still held, so nobody holds this file after us
         os.close(fd)  # releases the flock
 
 
