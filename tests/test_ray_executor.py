@@ -79,12 +79,13 @@ def test_ray_gives_the_records_of_local(cluster, local_run, data_root, tmp_path)
     assert _values(out) == _values(local_run)  # exact, record for record
     log = _log(out)
     assert len(log) == 24 and {r["pid"] for r in log}.isdisjoint({os.getpid()})
+    assert {r["threads"] for r in log} == {1}  # resources.cpus=1: one torch thread per job
     # the overlap the graph allows: a job of iteration 1 starts before iteration 0's last ends
     end0 = max(r["end"] for r in log if r["iteration"] == 0)
     assert min(r["start"] for r in log if r["iteration"] == 1) < end0
-    # the executor is not part of the run: the local executor resumes it (nothing left to do)
+    # neither executor nor resources are part of the run: local resumes it (nothing to do)
     marks = {p: p.stat().st_mtime_ns for p in out.rglob("DONE")}
-    assert _run(out, data_root) == 0
+    assert _run(out, data_root, "resources.cpus=2") == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("DONE")} == marks
 
 

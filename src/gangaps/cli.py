@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="what is done, running and left in a run directory",
                        description="Per iteration, every generator and classifier job of a run: "
-                       "done (with its time), running, interrupted (resumes from its checkpoint "
-                       "when the same run command is given again) or pending.")
+                       "done (with its time), running (on which host, pid), interrupted (resumes "
+                       "from its checkpoint when the same run command is given again) or pending.")
     p.add_argument("run_dir", help="a run directory (holds config.yaml)")
     p.set_defaults(func=cmd_status)
 

@@ -99,7 +99,8 @@ def _task(work: Work, threads: int, job: Job) -> dict:
     import torch
     torch.set_num_threads(threads)
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    return {**work(job, device), "host": socket.gethostname(), "pid": os.getpid()}
+    return {**work(job, device), "host": socket.gethostname(), "pid": os.getpid(),
+            "threads": torch.get_num_threads(), "device": device}
 
 
 def _worker_env() -> dict[str, str]:
@@ -123,7 +124,7 @@ class RayExecutor:
         self.cfg, self.ray = cfg, ray
         if not ray.is_initialized():  # None: start a cluster of this machine alone
             try:
-                ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+                ray.init(address=address, include_dashboard=False, logging_level="ERROR")
             except ConnectionError as e:
                 raise UserError(f"--address {address}: no Ray cluster there ({e})") from None
         n_gpus = ray.cluster_resources().get("GPU", 0)
