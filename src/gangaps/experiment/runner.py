@@ -15,12 +15,13 @@ must be on a filesystem every rank sees (one machine, or a shared one across mac
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from gangaps.config import Config
+from gangaps.config import Config, from_dict
 from gangaps.data import RealData, load_real
 from gangaps.errors import UserError
 from gangaps.experiment.executors import Progress, make_executor
@@ -160,9 +161,6 @@ _CONTEXTS: dict[tuple[str, str], JobContext] = {}  # per worker process: data lo
 def _ray_work(runs: dict[str, tuple[dict, str]], job: Job, device: str | None) -> dict:
     """A job in a Ray worker (module level: Ray ships it by reference); `runs` maps a run to
     its config and directory."""
-    import json
-
-    from gangaps.config import from_dict
     cfg_tree, root = runs[job.run]
     key = (root, json.dumps(cfg_tree, sort_keys=True) + str(device))
     if key not in _CONTEXTS:
