@@ -118,3 +118,78 @@ def test_killed_run_resumes_to_the_same_results(finished_run, data_root, tmp_pat
     for done, mtime in kept.items():
         assert done.stat().st_mtime_ns == mtime
     assert _values(out) == _values(finished_run)
+
+
+def test_mode_metrics_and_findings_are_in_results_and_at_the_top_of_the_report(finished_run):
+    results = json.loads((finished_run / "report" / "results.json").read_text())
+    records = results["records"]
+    for metric, low, high in (("mode_coverage", 0, 10), ("class_kl", 0.0, 30.0)):
+        rs = [r for r in records if r["metric"] == metric]
+        assert len(rs) == 6 and all(low <= r["value"] <= high and r["n_fake"] == 200 for r in rs)
+    claims = {c["claim"]: c for c in results["findings"]["claims"]}
+    assert {"H1", "Fooling", "H2", "Quality"} <= set(claims)  # fool-all: no Ordering claim
+    for c in claims.values():
+        assert c["verdict"] in ("supported", "contradicted", "too few to tell")
+        assert c["n_generators"] >= 1 and c["rule"]
+    # recomputed from the records alone: the same verdicts
+    from gangaps.report.findings import findings
+    again = findings(records, 2, "fool-all")
+    assert [c["verdict"] for c in again["claims"]] == [c["verdict"] for c in claims.values()]
+    html = (finished_run / "report" / "index.html").read_text()
+    assert html.index("<h2>Findings") < html.index("<h2>Per iteration")
+    assert "digit classes" in html
+
+
+def test_report_renders_in_a_real_browser(finished_run):
+    from tests.browser import find_browser, open_page
+    if find_browser() is None:
+        pytest.skip("no Chromium (.ci/run installs Debian's chromium)")
+    script = """(() => {
+      const imgs = [...document.images];
+      const heads = [...document.querySelectorAll('h2')].map(h => h.textContent);
+      const tables = [...document.querySelectorAll('table')].map(t => t.rows.length);
+      return {images: imgs.map(i => [i.complete, i.naturalWidth]), heads, tables,
+              verdicts: [...document.querySelectorAll('td')].map(t => t.textContent)
+                        .filter(t => ['supported', 'contradicted', 'too few to tell'].includes(t))};
+    })()"""
+    page, errors = open_page((finished_run / "report" / "index.html").as_uri(), script)
+    assert errors == []
+    assert len(page["images"]) >= 5 and all(ok and w > 0 for ok, w in page["images"])
+    assert page["heads"][:2] == ["Findings", "Per iteration"]
+    assert page["tables"][0] >= 4 and page["tables"][1] == 1 + 2  # header + one row per iteration
+    assert len(page["verdicts"]) == page["tables"][0] - 1
+
+
+def test_generate_writes_seeded_samples_as_pngs_or_npz(finished_run, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from gangaps.cli import main
+    from gangaps.generators import generate, load_generator
+    ckpt = finished_run / "iter_01" / "gen_02" / "checkpoint.safetensors"
+    base = ["generate", str(finished_run), "--iteration", "1", "--instance", "2", "-q"]
+    assert main([*base, "--n", "7", "--out", str(tmp_path / "png"), "--seed", "3"]) == 0
+    assert main([*base, "--n", "7", "--out", str(tmp_path / "a.npz"), "--seed", "3",
+                 "--batch-size", "2"]) == 0
+    assert main(["generate", str(ckpt), "--n", "7", "--out", str(tmp_path / "b.npz"),
+                 "--seed", "3", "-q"]) == 0
+    assert main([*base, "--n", "7", "--out", str(tmp_path / "c.npz"), "--seed", "4"]) == 0
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(7)]
+    a, b = (np.load(tmp_path / f"{x}.npz")["arr_0"] for x in "ab")
+    assert a.shape == (7, 28, 28, 1) and a.dtype == np.uint8
+    assert np.array_equal(a, b)  # run + coordinates and the checkpoint file: same images
+    assert np.array_equal(a[..., 0], np.stack([np.asarray(Image.open(p)) for p in pngs]))
+    ref = generate(load_generator(ckpt), 7, seed=3)
+    assert np.array_equal(a, ref.permute(0, 2, 3, 1).numpy())
+    assert not np.array_equal(a, np.load(tmp_path / "c.npz")["arr_0"])  # another seed
+    capsys.readouterr()
+    for bad in (["generate", str(finished_run), "--n", "3", "--out", str(tmp_path / "x")],
+                [*base[:4], "--instance", "9", "--n", "3", "--out", str(tmp_path / "x")],
+                ["generate", str(ckpt), "--iteration", "0", "--n", "3", "--out", str(tmp_path / "x")],
+                ["generate", str(tmp_path), "--n", "3", "--out", str(tmp_path / "x")],
+                [*base, "--n", "0", "--out", str(tmp_path / "x")]):
+        assert main(bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("gangaps: error:")
+    assert not (tmp_path / "x").exists()

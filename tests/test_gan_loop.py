@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -12,7 +13,7 @@ from gangaps.data import load_real, to_model_range
 from gangaps.generators import generate, load_generator
 from gangaps.io import load_state
 from gangaps.models.classifiers import build_classifier, freeze
-from gangaps.train.fool import FoolTerm, quantize_straight_through
+from gangaps.train.fool import FoolSchedule, FoolTerm, quantize_straight_through
 from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator
 from tests.conftest import tiny_overrides
 
@@ -73,14 +74,16 @@ def test_fool_term_reaches_generator_through_frozen_classifier():
     torch.manual_seed(0)
     clf = build_classifier("small_cnn", 1, 28, width=8)
     before = {k: v.clone() for k, v in clf.state_dict().items()}
-    fool = FoolTerm([clf], lam=2.0, ramp_steps=10)
+    fool = FoolTerm([clf], FoolSchedule(lam=2.0, start=4, ramp=10))
     G = torch.nn.Sequential(torch.nn.Linear(4, 784), torch.nn.Tanh(), torch.nn.Unflatten(1, (1, 28, 28)))
     loss = fool(G(torch.randn(16, 4)))
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
     assert all(p.grad is None and not p.requires_grad for p in clf.parameters())
     assert not clf.training
-    assert fool.weight(0) == 0.0 and fool.weight(5) == 1.0 and fool.weight(50) == 2.0
+    s = fool.schedule
+    assert s.scale(0) == s.scale(3) == s.scale(4) == 0.0
+    assert s.scale(9) == 1.0 and s.scale(14) == 2.0 and s.scale(50) == 2.0
     assert all(torch.equal(v, clf.state_dict()[k]) for k, v in before.items())
 
 
@@ -125,3 +128,28 @@ def test_generator_trained_against_a_classifier_fools_it(tmp_path, data_root):
     assert detected(plain) > 0.8
     assert detected(fooling) < detected(plain) - 0.3
     assert '"loss_fool"' in (fooling / "log.jsonl").read_text()
+
+
+def test_adaptive_weight_makes_the_fool_gradient_lambda_times_the_adversarial_one():
+    """At G's last layer, w·∇L_fool has λ times the norm of ∇L_adv (below the clamp)."""
+    torch.manual_seed(0)
+    clf = build_classifier("small_cnn", 1, 28, width=8)
+    G = torch.nn.Sequential(torch.nn.Linear(4, 784), torch.nn.Tanh(), torch.nn.Unflatten(1, (1, 28, 28)))
+    last = G[0].weight
+    fake = G(torch.randn(16, 4))
+    adv = (fake ** 2).mean() * 1e3  # any loss of G on its own scale
+    for lam, cap in ((0.5, 1e6), (0.5, 1e-3)):
+        fool = FoolTerm([clf], FoolSchedule(lam=lam, adaptive=True, adaptive_max=cap))
+        term, stats = fool.weighted(fake, adv, last, step=0)
+        g_adv, = torch.autograd.grad(adv, last, retain_graph=True)
+        g_term, = torch.autograd.grad(term, last, retain_graph=True)
+        ratio = float(g_term.norm() / g_adv.norm())
+        raw = float(stats["fool_weight"]) / lam  # the unclamped ratio would be far above 1e-3
+        if cap > 1:
+            assert abs(ratio - lam) < 1e-4 * lam
+        else:
+            assert raw == pytest.approx(cap) and ratio < lam / 10
+    plain = FoolTerm([clf], FoolSchedule(lam=0.5))
+    term, stats = plain.weighted(fake, adv, last, step=0)
+    assert float(stats["fool_weight"]) == 0.5
+    assert FoolTerm([clf], FoolSchedule(lam=0.5, start=3)).weighted(fake, adv, last, 2) is None

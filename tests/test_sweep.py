@@ -39,6 +39,16 @@ def test_sweep_shares_iteration0_and_reports_every_run(tmp_path, data_root):
     assert [c.role for c in cfg.classifiers] == ["heldout", "heldout", "target", "heldout"]
     for name in ("tradeoff.png", "cross_iteration.png", "architecture.png"):
         assert (out / "report/figures" / name).stat().st_size > 1000
+    table = (out / "report/sweep.md").read_text().splitlines()
+    assert len(table) == 2 + 1 + 4  # header, rule, the shared iteration 0, one row per variant
+    assert table[2].startswith("| iteration 0 (shared) | 0 | none |")
+    assert all(" [" in line and "(3)" in line for line in table[2:])  # FID: interval over 3 instances
+
+
+def test_the_control_is_one_run_whatever_the_lambdas(tmp_path, data_root):
+    base = load_config(None, tiny_overrides(**{"data.path": str(data_root)}))
+    _, variants = plan_sweep(base, tmp_path, [0.1, 1.0], ["none", "fool-all"], [None])
+    assert [p.name for p, _ in variants] == ["none_lam0", "fool-all_lam0.1", "fool-all_lam1"]
 
 
 def test_a_run_cannot_share_an_iteration0_made_with_other_settings(tmp_path, data_root):

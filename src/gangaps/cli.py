@@ -71,6 +71,45 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {build_report(Path(args.run_dir))}")
 
 
+def _generator_checkpoint(source: Path, iteration: int | None, instance: int | None) -> Path:
+    """A checkpoint file as given, or the finished generator (iteration, instance) of a run."""
+    if source.is_file():
+        if iteration is not None or instance is not None:
+            raise UserError(f"{source} is a checkpoint file: drop --iteration and --instance")
+        return source
+    from gangaps.experiment.store import RunStore
+    from gangaps.train.gan import CHECKPOINT
+    if not (source / "config.yaml").is_file():
+        raise UserError(f"{source}: neither a generator checkpoint nor a run directory")
+    if iteration is None or instance is None:
+        raise UserError("a run directory needs --iteration K and --instance I")
+    cfg = RunStore(source).load_config()
+    e = cfg.experiment
+    if not (0 <= iteration < e.iterations and 0 <= instance < e.instances):
+        raise UserError(f"{source} has iterations 0..{e.iterations - 1} and instances "
+                        f"0..{e.instances - 1}; got --iteration {iteration} --instance {instance}")
+    store = RunStore(source, e.reuse_iteration0)
+    job = store.generator_dir(iteration, instance)
+    if not store.is_done(job):
+        raise UserError(f"{job} is not finished yet (run the experiment to the end of it)")
+    return job / CHECKPOINT
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from gangaps.experiment.runner import resolve_device
+    from gangaps.generators import export_samples, load_generator
+    if args.n < 1:
+        raise UserError(f"--n must be ≥ 1, got {args.n}")
+    ckpt = _generator_checkpoint(Path(args.source), args.iteration, args.instance)
+    out = Path(args.out)
+    if out.exists() and (out.suffix == ".npz") == out.is_dir():
+        raise UserError(f"--out {out}: exists and is a {'folder' if out.is_dir() else 'file'}")
+    device = resolve_device(args.device)
+    G = load_generator(ckpt, device)
+    export_samples(G, args.n, args.seed, out, args.batch_size, device, progress=not args.quiet)
+    print(f"wrote {args.n} samples of {ckpt} (seed {args.seed}) to {out}")
+
+
 def cmd_convert_nvidia(args: argparse.Namespace) -> None:
     from gangaps.models.stylegan2_import import convert_nvidia_files
     convert_nvidia_files(args.g_state_dict, args.d_state_dict, args.config_json, args.out)
@@ -143,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "figures; works on a run that is still going.")
     p.add_argument("run_dir", help="a run directory (holds config.yaml)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("generate", help="write samples of a generator as PNGs or one .npz",
+                       description="N seeded, reproducible samples of a finished generator of a "
+                       "run (or of a checkpoint file), for clean-fid, torch-fidelity, pytorch-fid "
+                       "or other detectors. --out DIR: 000000.png, ...; --out FILE.npz: one uint8 "
+                       "array [N, H, W, C] named arr_0.")
+    p.add_argument("source", help="a run directory, or a generator checkpoint.safetensors")
+    p.add_argument("--iteration", type=int, help="with a run directory: the iteration K")
+    p.add_argument("--instance", type=int, help="with a run directory: the instance I")
+    p.add_argument("--n", type=int, required=True, help="number of samples")
+    p.add_argument("--out", required=True, help="folder for PNGs, or FILE.npz")
+    p.add_argument("--seed", type=int, default=0, help="latent seed (same seed, same images)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("prepare-data", help="turn a folder or zip of images into a training cache")
     p.add_argument("src", help="folder (searched recursively) or .zip of images")

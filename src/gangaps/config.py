@@ -38,8 +38,14 @@ class ExperimentConfig(_Section):
                                    "classifier training (H1)")
     fool_mode: Literal["fool-all", "memoryless", "none"] = "fool-all"
     fool_lambda: float = Field(1.0, ge=0.0, description="weight λ of the fool term")
-    fool_ramp: float = Field(0.0, ge=0.0, le=1.0, description="fraction of training over "
-                             "which λ ramps linearly from 0")
+    fool_weighting: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="fixed: weight λ; adaptive: λ × ‖∇L_adv‖/‖∇L_fool‖ at G's last "
+        "layer, clamped to fool_adaptive_max (the fool gradient is λ times the GAN gradient)")
+    fool_adaptive_max: float = Field(10.0, gt=0, description="clamp of the adaptive ratio")
+    fool_start: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of training before "
+                              "the fool term starts (the GAN learns the data first)")
+    fool_ramp: float = Field(0.0, ge=0.0, le=1.0, description="fraction of training, after "
+                             "fool_start, over which the weight ramps linearly from 0")
     init: Literal["scratch", "previous"] = Field("scratch", description="generators of "
                                                  "iteration k≥1 start from scratch or from k-1")
     reuse_iteration0: str | None = Field(None, description="run directory whose finished "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,17 +27,57 @@ def load_generator(checkpoint: str | Path, device: torch.device | str = "cpu") -
 
 
 @torch.no_grad()
-def generate(G: nn.Module, n: int, seed: int, batch_size: int = 500,
-             device: torch.device | str = "cpu") -> torch.Tensor:
-    """n samples as uint8 [n, C, H, W] (quantized like saved images); same seed, same images.
+def iter_samples(G: nn.Module, n: int, seed: int, batch_size: int = 500,
+                 device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """n samples as uint8 batches [b, C, H, W] (quantized like saved images), in order.
 
-    Latents come from a CPU generator (same images on any device); randomness inside G
-    (StyleGAN2's noise inputs) from the global RNG, seeded here and restored afterwards.
+    Latents come from a CPU generator (same images on any device, any batch size); randomness
+    inside G (StyleGAN2's noise inputs) from the global RNG, seeded here and restored once the
+    last batch is out (so consume it whole before drawing other random numbers).
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     z = torch.randn(n, G.z_dim, generator=gen)
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        out = [to_uint8(G(z[i:i + batch_size].to(device))).cpu() for i in range(0, n, batch_size)]
-    return torch.cat(out)
+        for i in range(0, n, batch_size):
+            yield to_uint8(G(z[i:i + batch_size].to(device))).cpu()
+
+
+def generate(G: nn.Module, n: int, seed: int, batch_size: int = 500,
+             device: torch.device | str = "cpu") -> torch.Tensor:
+    """n samples as uint8 [n, C, H, W]; same seed, same images (see `iter_samples`)."""
+    return torch.cat(list(iter_samples(G, n, seed, batch_size, device)))
+
+
+def export_samples(G: nn.Module, n: int, seed: int, out: Path, batch_size: int = 500,
+                   device: torch.device | str = "cpu", progress: bool = True) -> Path:
+    """Write n samples for other tools (clean-fid, torch-fidelity, pytorch-fid, detectors):
+    `out` ending in .npz: one uint8 array [n, H, W, C] named arr_0, written atomically;
+    otherwise a folder of 000000.png, 000001.png, ... (8-bit gray or RGB)."""
+    import numpy as np
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, unit="img", desc=f"generate {out.name}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    batches, index = [], 0
+    if out.suffix != ".npz":
+        out.mkdir(parents=True, exist_ok=True)
+    for batch in iter_samples(G, n, seed, batch_size, device):
+        images = batch.permute(0, 2, 3, 1).numpy()  # NHWC, the layout image tools read
+        if out.suffix == ".npz":
+            batches.append(images)
+        else:
+            for img in images:
+                Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(
+                    out / f"{index:06d}.png")
+                index += 1
+        bar.update(len(images))
+    bar.close()
+    if out.suffix == ".npz":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp.npz")
+        np.savez(tmp, np.concatenate(batches))
+        tmp.replace(out)
+    return out

@@ -22,12 +22,14 @@ def cache_dir() -> Path:
 
 
 class QualityMeter:
-    """FID of generated uint8 images against the held-out real images (lazy, cached set-up)."""
+    """FID of generated uint8 images against the held-out real images (lazy, cached set-up);
+    on MNIST also the LeNet's digit histogram: mode coverage and its KL from the real one."""
 
     def __init__(self, cfg: Config, real: RealData, device: torch.device) -> None:
         self.cfg, self.real, self.device = cfg, real, device
         self._lenet = None
         self._real_stats = None
+        self._real_hist = None
 
     def __call__(self, fake: torch.Tensor) -> dict:
         kind = self.cfg.evaluation.fid
@@ -39,16 +41,26 @@ class QualityMeter:
 
     def _lenet_fid(self, fake: torch.Tensor) -> dict:
         from gangaps.metrics.frechet import FeatureStats, fid_from_stats
-        from gangaps.metrics.lenet import lenet_features, load_or_train_lenet
+        from gangaps.metrics.lenet import (
+            class_histogram,
+            lenet_features,
+            load_or_train_lenet,
+            mode_metrics,
+        )
         if self.real.channels != 1 or self.real.resolution != 28:
             raise UserError("evaluation.fid=lenet needs 28×28 gray images (MNIST); use inception")
         if self._lenet is None:
             self._lenet = load_or_train_lenet(cache_dir() / "lenet", self.cfg.data.path,
                                               device=self.device)
-            self._real_stats = FeatureStats().update(
-                lenet_features(self._lenet, to_model_range(self.real.eval_real)))
-        fake_stats = FeatureStats().update(lenet_features(self._lenet, to_model_range(fake)))
-        return {"fid_lenet": fid_from_stats(fake_stats, self._real_stats)}
+            real = to_model_range(self.real.eval_real)
+            self._real_stats = FeatureStats().update(lenet_features(self._lenet, real))
+            self._real_hist = class_histogram(self._lenet, real)
+        x = to_model_range(fake)
+        fake_stats = FeatureStats().update(lenet_features(self._lenet, x))
+        hist = class_histogram(self._lenet, x)
+        return {"fid_lenet": fid_from_stats(fake_stats, self._real_stats),
+                **mode_metrics(hist, self._real_hist),
+                "class_histogram": [round(float(v), 4) for v in hist]}
 
     def _inception_fid(self, fake: torch.Tensor) -> dict:
         from gangaps.metrics.inception import inception_metrics

@@ -166,8 +166,9 @@ def _comparable(cfg: Config) -> dict:
 
 # What may differ between runs that share one iteration 0 (sweeps): nothing iteration 0 uses.
 _AFTER_ITERATION0 = ("name", "experiment.iterations", "experiment.fool_mode",
-                     "experiment.fool_lambda", "experiment.fool_ramp", "experiment.init",
-                     "experiment.reuse_iteration0")
+                     "experiment.fool_lambda", "experiment.fool_weighting",
+                     "experiment.fool_adaptive_max", "experiment.fool_start",
+                     "experiment.fool_ramp", "experiment.init", "experiment.reuse_iteration0")
 
 
 def iteration0_view(cfg: Config) -> dict:

@@ -53,8 +53,11 @@ def plan_sweep(base: Config, out: Path, lambdas: list[float], modes: list[str],
     base0 = base.model_copy(deep=True)
     base0.name = f"{base.name}-iteration0"
     base0.experiment.iterations = 1
+    # the control (fool_mode none) ignores λ: one run of it, whatever the λ list
+    combos = dict.fromkeys((m, 0.0 if m == "none" else lam, a)
+                           for m, lam, a in itertools.product(modes, lambdas, target_archs))
     variants = [(out / variant_name(m, lam, a), variant_config(base, m, lam, a, out / BASE))
-                for m, lam, a in itertools.product(modes, lambdas, target_archs)]
+                for m, lam, a in combos]
     return base0, variants
 
 

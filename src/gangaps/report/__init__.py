@@ -19,7 +19,38 @@ def _fmt(ms: tuple[float, float, int] | None, digits: int = 3) -> str:
     if ms is None or math.isnan(ms[0]):
         return "–"
     m, s, n = ms
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f} ({n})" if n > 1 else f"{m:.{digits}f} (1)"
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def findings_section(f: dict, fid_name: str) -> str:
+    """The claims table (verdicts first, the reader's first question) and collapsed generators."""
+    rows = []
+    for c in f["claims"]:
+        ci = c["ci95"]
+        interval = f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "–"
+        n = f"{c['n_generators']} generators" + (
+            f" × {c['n_classifiers']} classifiers" if c["n_classifiers"] else "")
+        rows.append(
+            f'<tr><td class="claim"><b>{html.escape(c["claim"])}</b>: '
+            f'{html.escape(c["statement"])}<div class="rule">{html.escape(c["statistic"])}; '
+            f'{html.escape(c["rule"])}</div></td><td>{n}</td><td>{_num(c["value"])}</td>'
+            f'<td>{interval}</td><td class="{c["verdict"].replace(" ", "-")}">'
+            f'{html.escape(c["verdict"])}</td></tr>')
+    collapsed = "".join(
+        f"<li>G{c['generator_iteration']}.{c['generator_instance']}: {html.escape(c['reason'])}</li>"
+        for c in f["collapsed"])
+    warn = (f'<div class="warn"><b>Collapsed generators</b> (outside iteration 0\'s range; '
+            f"named here and kept out of the detection claims):<ul>{collapsed}</ul></div>"
+            if collapsed else "<p>No generator left iteration 0's range of "
+            f"{html.escape(fid_name)} and mode coverage.</p>")
+    quality = "".join(f"<p>{html.escape(line)}</p>" for line in f.get("quality_lines", []))
+    return (f"<h2>Findings</h2>{quality}{warn}<table><tr><th>claim</th><th>n</th>"
+            f"<th>estimate</th><th>95 % interval</th><th>verdict</th></tr>{''.join(rows)}"
+            f"</table><p class=\"rule\">{html.escape(f['method'])}.</p>")
 
 
 def embed_figure(path: Path | None, caption: str) -> str:
@@ -51,7 +82,8 @@ def build_report(run_dir: str | Path) -> Path:
         logs[k] = [figures.read_jsonl(d / "log.jsonl") for d in dirs]
         grids[k] = [d / "samples.png" for d in dirs]
     figs = [
-        (figures.fid_by_iteration(records, K, fig_dir / "fid.png"), "FID per generator instance"),
+        (figures.fid_by_iteration(records, K, fig_dir / "fid.png"),
+         "FID and mode coverage per generator instance"),
         (figures.fooling(table, fig_dir / "fooling.png"), "Held-out detection and fooling"),
         (figures.cross_iteration(matrices, fig_dir / "cross_iteration.png"),
          "Cross-iteration matrix A[i][j]: accuracy of C_i on held-out G_j"),
@@ -64,38 +96,48 @@ def build_report(run_dir: str | Path) -> Path:
     ]
 
     fid_name = tables.fid_metric(records) or "FID"
-    head = ["iteration", f"{fid_name} (mean ± std)", "C_k target on held-out G_k (H1)",
-            "C_k held-out on held-out G_k (H1)", "C_{k-1} targeted on G_k (fooling)",
-            "C_{k-1} held out on G_k (H2)"]
+    head = ["iteration", f"{fid_name}", "digit classes ≥ 5 %", "class KL (nats)",
+            "C_k target on held-out G_k (H1)", "C_k held-out on held-out G_k (H1)",
+            "C_{k-1} targeted on G_k (fooling)", "C_{k-1} held out on G_k (H2)"]
     rows = "".join(
         "<tr>" + "".join(f"<td>{c}</td>" for c in (
-            r["iteration"], _fmt(r.get("fid"), 2), _fmt(r["h1_target"]), _fmt(r["h1_heldout"]),
+            r["iteration"], _fmt(r.get("fid"), 1), _fmt(r.get("mode_coverage"), 1),
+            _fmt(r.get("class_kl"), 2), _fmt(r["h1_target"]), _fmt(r["h1_heldout"]),
             _fmt(r.get("prev_target")), _fmt(r.get("prev_heldout")))) + "</tr>"
         for r in table)
     e = cfg.experiment
+    weighting = (f"{e.fool_weighting} weight, start {e.fool_start:g}, ramp {e.fool_ramp:g} "
+                 "of training")
     summary = (f"{K} iterations × {e.instances} generator instances ({e.heldout_instances} held "
                f"out) · gan {cfg.gan.family}, {cfg.gan.kimg:g} kimg · fool_mode {e.fool_mode}, "
-               f"λ={e.fool_lambda:g} · classifiers: "
+               f"λ={e.fool_lambda:g} ({weighting}) · classifiers: "
                + ", ".join(f"{c.arch}×{len(c.seeds)} ({c.role})" for c in cfg.classifiers))
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>gangaps report: {html.escape(cfg.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;
 text-align:right}}th{{background:#f4f4f4}}figure{{display:inline-block;margin:0.5em;
-vertical-align:top}}img{{max-width:100%}}figcaption{{font-size:0.85em;color:#555}}</style>
+vertical-align:top}}img{{max-width:100%}}figcaption{{font-size:0.85em;color:#555}}
+td.claim{{text-align:left}}.supported{{background:#d9f2d9}}.contradicted{{background:#f8d7d7}}
+.too-few-to-tell{{background:#eee}}.rule{{font-size:0.8em;color:#555;text-align:left}}
+.warn{{background:#fff3cd;padding:0.5em 1em;border-left:4px solid #e0a800}}</style>
 </head><body>
 <h1>gangaps report: {html.escape(cfg.name)}</h1>
 <p>{html.escape(summary)}</p>
-<p>Accuracy is balanced accuracy at logit 0 over {cfg.evaluation.n_real} held-out real images
-and {cfg.evaluation.n_fake} samples per generator; 0.5 is chance. H1: do classifiers trained on
-some instances detect independently trained held-out instances? H2: after training against
-C_{{k-1}}, are held-out classifiers of that iteration fooled too?</p>
+{findings_section(results["findings"], fid_name)}
 <h2>Per iteration</h2>
+<p>Mean ± standard deviation over the iteration's generator instances (n per cell in
+brackets). Accuracy is balanced accuracy at logit 0 over {cfg.evaluation.n_real} held-out real
+images and {cfg.evaluation.n_fake} samples per generator; 0.5 is chance. Digit classes and class
+KL: the LeNet's predicted digits of the samples (real MNIST: 10 classes, KL ≈ 0). H1: do
+classifiers trained on some instances detect independently trained held-out instances? H2:
+after training against C_{{k-1}}, are held-out classifiers of that iteration fooled too?</p>
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>{rows}</table>
 <h2>Figures</h2>
 {"".join(embed_figure(p, c) for p, c in figs)}
 <p style="font-size:0.8em;color:#777">gangaps {gangaps.__version__} · every number is in
-<code>results.json</code> ({len(records)} records) · config in <code>../config.yaml</code></p>
+<code>results.json</code> ({len(records)} records, and <code>findings</code>) · config in
+<code>../config.yaml</code></p>
 </body></html>
 """
     out = store.report_dir / "index.html"

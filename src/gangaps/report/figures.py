@@ -47,19 +47,28 @@ def cross_iteration(matrices: dict[str, list[list[float]]], path: Path) -> Path:
 
 
 def fid_by_iteration(records: list[dict], iterations: int, path: Path) -> Path | None:
+    """FID per instance and, where measured (MNIST), its mode coverage beside it."""
     name = fid_metric(records)
     if name is None:
         return None
-    fig, ax = plt.subplots(figsize=(4.5, 3))
-    for split, marker in (("train", "o"), ("heldout", "s")):
-        pts = select(records, metric=name, generator_split=split)
-        ax.scatter([r["generator_iteration"] + (0.05 if split == "heldout" else -0.05) for r in pts],
-                   [r["value"] for r in pts], marker=marker, alpha=0.7, label=f"{split} instances")
-    ax.set_xticks(range(iterations))
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(name.replace("_", " "))
-    ax.set_title("Output quality per instance (lower is better)", fontsize=10)
-    ax.legend(fontsize=8)
+    panels = [(name, name.replace("_", " "), "Output quality per instance (lower is better)")]
+    if select(records, metric="mode_coverage"):
+        panels.append(("mode_coverage", "digit classes holding ≥ 5 % of samples",
+                       "Mode coverage per instance (10 = every digit)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3), squeeze=False)
+    for ax, (metric, ylabel, title) in zip(axes[0], panels, strict=True):
+        for split, marker in (("train", "o"), ("heldout", "s")):
+            pts = select(records, metric=metric, generator_split=split)
+            ax.scatter([r["generator_iteration"] + (0.05 if split == "heldout" else -0.05)
+                        for r in pts], [r["value"] for r in pts], marker=marker, alpha=0.7,
+                       label=f"{split} instances")
+        ax.set_xticks(range(iterations))
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        if metric == "mode_coverage":
+            ax.set_ylim(-0.5, 10.5)
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

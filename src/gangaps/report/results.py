@@ -12,6 +12,7 @@ from pathlib import Path
 import gangaps
 from gangaps.experiment.store import RunStore
 from gangaps.io import atomic_write_json, read_json
+from gangaps.report.findings import findings
 
 GEN_KEYS = ("generator_iteration", "generator_instance", "generator_split")
 CLF_KEYS = ("classifier_iteration", "classifier_id", "classifier_arch", "classifier_role")
@@ -28,7 +29,8 @@ def collect_records(store: RunStore) -> list[dict]:
         for metric, value in q.items():
             if isinstance(value, (int, float)) and metric not in GEN_KEYS and metric != "n_fake":
                 extra = {"protocol": q["protocol"]} if "protocol" in q else {}
-                records.append({"metric": metric, "value": float(value), **base, **run, **extra})
+                records.append({"metric": metric, "value": float(value), **base, **run,
+                                "n_fake": q.get("n_fake"), **extra})
     for path in store.eval_files():
         e = read_json(path)
         base = {k: e[k] for k in GEN_KEYS + CLF_KEYS}
@@ -46,11 +48,14 @@ def collect_records(store: RunStore) -> list[dict]:
 
 def write_results(store: RunStore, path: Path | None = None) -> dict:
     cfg = store.load_config()
+    records = collect_records(store)
     results = {
         "gangaps_version": gangaps.__version__,
-        "schema": "records: one per measurement; see README 'results.json'",
+        "schema": "records: one per measurement; findings: the paper's claims tested on them; "
+                  "see README 'results.json'",
         "config": cfg.model_dump(mode="json"),
-        "records": collect_records(store),
+        "findings": findings(records, cfg.experiment.iterations, cfg.experiment.fool_mode),
+        "records": records,
     }
     atomic_write_json(path or store.report_dir / "results.json", results)
     return results

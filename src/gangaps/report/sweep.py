@@ -46,6 +46,8 @@ def build_sweep_report(out: Path, runs: list[Path]) -> Path:
         (figures.architecture(arch_rows, cols, arch, fig_dir / "architecture.png"),
          "R4: architecture fooled (rows) × architecture evaluating (columns)"),
     ]
+    table = tables.sweep_table(records)
+    atomic_write_text(out / "report" / "sweep.md", sweep_markdown(table))
     atomic_write_json(out / "report" / "results.json", {
         "gangaps_version": gangaps.__version__, "runs": [str(r) for r in runs],
         "records": records})
@@ -55,9 +57,44 @@ def build_sweep_report(out: Path, runs: list[Path]) -> Path:
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto}}
 figure{{display:inline-block;margin:0.5em}}img{{max-width:100%}}</style></head><body>
 <h1>gangaps sweep: {len(runs)} runs sharing iteration 0</h1><ul>{links}</ul>
+<h2>R1: quality and fooling per run and iteration</h2>
+<p>Mean [95 % bootstrap interval over generator instances] (n). Accuracies: of the previous
+iteration's classifiers (iteration 0: its own) on held-out generators, 0.5 = chance.</p>
+{sweep_html(table)}
 {"".join(embed_figure(p, c) for p, c in figs)}
 <p style="font-size:0.8em;color:#777">gangaps {gangaps.__version__} · {len(records)} records in
 <code>results.json</code> (field <code>run</code> tells them apart)</p></body></html>"""
     path = out / "report" / "index.html"
     atomic_write_text(path, page)
     return path
+
+
+_COLUMNS = (("fid", "FID", 1), ("mode_coverage", "digit classes ≥ 5 %", 1),
+            ("clf_target", "targeted C_{k-1}", 3), ("clf_heldout", "held-out C_{k-1}", 3))
+
+
+def _cell(v: tuple[float, float, float, int] | None, digits: int) -> str:
+    if v is None or v[3] == 0:
+        return "–"
+    m, lo, hi, n = v
+    ci = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if n > 1 else ""
+    return f"{m:.{digits}f}{ci} ({n})"
+
+
+def _row_cells(r: dict) -> list[str]:
+    return [r["run"], str(r["iteration"]), r["fool_mode"], f"{r['fool_lambda']:g}",
+            *(_cell(r[key], d) for key, _, d in _COLUMNS)]
+
+
+def sweep_markdown(table: list[dict]) -> str:
+    head = ["run", "iteration", "fool_mode", "λ", *(name for _, name, _ in _COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_row_cells(r)) + " |" for r in table]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_html(table: list[dict]) -> str:
+    head = ["run", "iteration", "fool_mode", "λ", *(name for _, name, _ in _COLUMNS)]
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _row_cells(r)) + "</tr>"
+                   for r in table)
+    return f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows}</table>"

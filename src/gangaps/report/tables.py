@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+import numpy as np
+
 
 def _mean_std(values: list[float]) -> tuple[float, float, int]:
     if not values:
@@ -36,6 +38,8 @@ def iteration_table(records: list[dict], iterations: int) -> list[dict]:
         row: dict = {"iteration": k}
         if fid:
             row["fid"] = _mean_std(values(records, metric=fid, generator_iteration=k))
+        for name in ("mode_coverage", "class_kl"):  # MNIST only (the LeNet's digit classes)
+            row[name] = _mean_std(values(records, metric=name, generator_iteration=k))
         # H1: this iteration's classifiers on this iteration's held-out generators
         for role in ("target", "heldout"):
             row[f"h1_{role}"] = _mean_std(values(
@@ -104,3 +108,50 @@ def tradeoff_points(records: list[dict]) -> list[dict]:
                        "fool_mode": any_rec["fool_mode"] if k > 0 else "none",
                        "fool_lambda": any_rec["fool_lambda"] if k > 0 else 0.0})
     return points
+
+
+def mean_ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float, int]:
+    """(mean, 95 % low, 95 % high, n): percentile bootstrap of the mean over the values (one
+    per instance); the interval is nan with fewer than two values."""
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan, math.nan, 0
+    if len(v) < 2:
+        return float(v[0]), math.nan, math.nan, 1
+    boots = np.random.default_rng(seed).choice(v, (n_boot, len(v))).mean(1)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return float(v.mean()), float(low), float(high), len(v)
+
+
+def _per_instance(records: list[dict], **where) -> list[float]:
+    """One value per generator instance: the mean over the classifiers matching `where`."""
+    by: dict[int, list[float]] = {}
+    for r in select(records, **where):
+        by.setdefault(r["generator_instance"], []).append(r["value"])
+    return [sum(v) / len(v) for _, v in sorted(by.items())]
+
+
+def sweep_table(records: list[dict]) -> list[dict]:
+    """R1 across runs: per run and iteration, quality and fooling with 95 % intervals over
+    generator instances (accuracies: held-out instances, each the mean over its classifiers)."""
+    fid = fid_metric(records)
+    rows = []
+    for run in sorted({r["run"] for r in records}):
+        rr = select(records, run=run)
+        first = rr[0]
+        for k in sorted({r["generator_iteration"] for r in rr}):
+            if k == 0 and rows and rows[0]["iteration"] == 0:
+                continue  # the shared iteration 0: one row
+            ref = k - 1 if k > 0 else 0
+            row = {"run": run if k > 0 else "iteration 0 (shared)", "iteration": k,
+                   "fool_mode": first["fool_mode"] if k > 0 else "none",
+                   "fool_lambda": first["fool_lambda"] if k > 0 else 0.0,
+                   "fid": mean_ci(values(rr, metric=fid, generator_iteration=k)) if fid else None,
+                   "mode_coverage": mean_ci(values(rr, metric="mode_coverage", generator_iteration=k))}
+            for role in ("target", "heldout"):
+                row[f"clf_{role}"] = mean_ci(_per_instance(
+                    rr, metric="accuracy", generator_iteration=k, generator_split="heldout",
+                    classifier_iteration=ref, classifier_role=role))
+            rows.append(row)
+    rows.sort(key=lambda r: (r["iteration"] > 0, r["fool_mode"], r["fool_lambda"], r["iteration"]))
+    return rows

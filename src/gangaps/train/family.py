@@ -65,6 +65,11 @@ class GANFamily:
     def end_step(self, nets: nn.ModuleDict, step: int, batch_size: int) -> None:
         """After all phases of a step (EMA updates and the like)."""
 
+    def last_layer(self, nets: nn.ModuleDict) -> torch.Tensor:
+        """The weight of G's output layer, where the fool term's adaptive balance compares
+        gradient norms. Default: the last parameter G registers (its output layer)."""
+        return list(nets["G"].parameters())[-1]
+
     def sampler(self, nets: nn.ModuleDict) -> nn.Module:
         """The network whose samples are evaluated and shown to classifiers: z -> images."""
         return nets["G_ema"] if "G_ema" in nets else nets["G"]

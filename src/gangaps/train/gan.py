@@ -1,8 +1,9 @@
 """The one GAN training loop: any family, with or without the fool term, resumable exactly.
 
 Reads top to bottom: build (or resume), then per step run the family's phases, adding
-λ·L_fool to the generator's main phase; log throughput; checkpoint the full state (networks,
-optimizers, step, data order, RNG) every `checkpoint_kimg`; finish with a sample grid.
+w·L_fool to the generator's main phase (`gangaps.train.fool`: λ, its schedule and balance); log
+throughput; checkpoint the full state (networks, optimizers, step, data order, RNG) every
+`checkpoint_kimg`; finish with a sample grid.
 
 Under torchrun (`GeneratorJob.data_parallel` and a process group) one job is split over the
 ranks: the same initial weights everywhere (same seed, then rank 0's broadcast), per rank a
@@ -40,7 +41,7 @@ from gangaps.io import (
 )
 from gangaps.train import distributed as ddp
 from gangaps.train.family import get_family
-from gangaps.train.fool import FoolTerm
+from gangaps.train.fool import FoolSchedule, FoolTerm
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -88,8 +89,8 @@ def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: 
     if split:
         torch.manual_seed(rank_seed)  # per-rank dropout, noise and augmentation from here on
     phases = family.phases(gcfg)
-    fool = FoolTerm(job.fool_classifiers, cfg.experiment.fool_lambda,
-                    round(cfg.experiment.fool_ramp * total_steps)).to(device)
+    fool = FoolTerm(job.fool_classifiers,
+                    FoolSchedule.from_config(cfg.experiment, total_steps)).to(device)
     sampler = EpochSampler(len(real), batch_size, rank_seed)
     z_gen = torch.Generator(device=device).manual_seed(rank_seed)
     step = 0
@@ -153,10 +154,11 @@ def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: 
             z = torch.randn(batch.shape[0], gcfg.z_dim, device=device, generator=z_gen)
             out = family.phase_loss(phase, nets, batch, z, step)
             loss = out.loss
-            if phase.fool and fool.active and out.fake is not None:
-                fool_loss = fool(out.fake)
-                loss = loss + fool.weight(step) * fool_loss
-                out.stats["loss_fool"] = fool_loss.detach()
+            if phase.fool and out.fake is not None:
+                term = fool.weighted(out.fake, out.loss, family.last_layer(nets), step)
+                if term is not None:
+                    loss = loss + term[0]
+                    out.stats.update(term[1])
             opts[phase.opt].zero_grad(set_to_none=True)
             loss.backward()
             opts[phase.opt].step()
@@ -175,7 +177,7 @@ def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: 
             record = {"step": step, "kimg": round(step * gcfg.batch_size / 1000, 3),
                       **dict(zip(stats_sum, means, strict=True)),
                       "img_per_s": round(imgs / max(dt, 1e-9), 2),
-                      "fool_lambda": fool.weight(step) if fool.active else 0.0}
+                      "fool_lambda": fool.schedule.scale(step) if fool.active else 0.0}
             if writer:
                 append_jsonl(log_path, record)
             bar.set_postfix(img_s=f"{record['img_per_s']:.0f}")

@@ -131,6 +131,12 @@ class StyleGAN2Family(GANFamily):
         return nn.ModuleDict({"G": G, "D": D, "G_ema": G_ema, "augment": augment,
                               "loss_state": _LossState()})
 
+    def last_layer(self, nets: nn.ModuleDict) -> torch.Tensor:
+        """The highest-resolution ToRGB weight: the output layer ("skip" sums every ToRGB, and
+        the last one is nearest the image)."""
+        syn = nets["G"].synthesis
+        return getattr(syn, f"b{syn.block_resolutions[-1]}").torgb.weight
+
     def _lazy(self, name: str) -> float:
         """Adam correction for a phase that also steps every `interval` steps: c = I/(I+1)."""
         assert self._o is not None, "build() first"
