@@ -1,13 +1,14 @@
 """The demo's wall time with `--executor local` against `--executor ray`, side by side.
 
-    python benchmarks/executor_speed.py --data-root ../shared/data [--out /tmp/executor-bench]
+    python benchmarks/executor_speed.py --data-root ../shared/data [--out DIR] [--quick]
 
 Both run `gangaps demo` as a user would (a fresh process each, Ray's start-up included) on
 this machine; ray with `resources.cpus=1`, so a 2-CPU machine runs two single-threaded jobs
 at a time, where local runs one job at a time on every core. LeNet is trained into the cache
 first, so neither run pays for it. Prints the wall times, whether results.json agrees record
 for record, and the dependency overlap seen in the ray run's jobs.jsonl: jobs of two
-iterations running at once.
+iterations running at once. --quick: the demo's graph (3 iterations × 4 generators × 3
+classifiers) with 2 kimg per generator and 1000 evaluation samples, for a busy machine.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", required=True)
     ap.add_argument("--out", default="/tmp/gangaps-executor-bench")
+    ap.add_argument("--quick", action="store_true", help="the demo's graph at small sizes")
     args = ap.parse_args()
+    sizes = ["gan.kimg=2", "gan.checkpoint_kimg=1", "evaluation.n_fake=1000"] if args.quick else []
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         sys.exit(f"{out} is not empty; pass another --out")
@@ -71,11 +74,12 @@ def main() -> None:
     os.environ.setdefault("GANGAPS_DATA_ROOT", args.data_root)
     load_or_train_lenet(cache_dir() / "lenet", args.data_root)  # warm: neither run trains it
 
-    t_local = _demo(out / "local", args.data_root)
-    t_ray = _demo(out / "ray", args.data_root, "--executor", "ray", "resources.cpus=1")
+    t_local = _demo(out / "local", args.data_root, *sizes)
+    t_ray = _demo(out / "ray", args.data_root, *sizes, "--executor", "ray", "resources.cpus=1")
     same = _records(out / "local") == _records(out / "ray")
     pairs, two, span = _overlap(out / "ray")
 
+    print(f"gangaps demo {' '.join(sizes)} on {os.cpu_count()} CPUs")
     print(f"{'executor':<34} {'wall s':>8} {'speed-up':>9}")
     print(f"{'local (1 job at a time, all cores)':<34} {t_local:>8.1f} {1:>8.2f}x")
     print(f"{'ray (2 jobs at a time, 1 thread)':<34} {t_ray:>8.1f} {t_local / t_ray:>8.2f}x")
