@@ -8,7 +8,8 @@ at a time, where local runs one job at a time on every core. LeNet is trained in
 first, so neither run pays for it. Prints the wall times, whether results.json agrees record
 for record, and the dependency overlap seen in the ray run's jobs.jsonl: jobs of two
 iterations running at once. --quick: the demo's graph (3 iterations × 4 generators × 3
-classifiers) with 2 kimg per generator and 1000 evaluation samples, for a busy machine.
+classifiers) with 2 kimg per generator, 2000 + 2000 images for 2 epochs per classifier and
+1000 evaluation samples, for a busy machine.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/gangaps-executor-bench")
     ap.add_argument("--quick", action="store_true", help="the demo's graph at small sizes")
     args = ap.parse_args()
-    sizes = ["gan.kimg=2", "gan.checkpoint_kimg=1", "evaluation.n_fake=1000"] if args.quick else []
+    sizes = ["gan.kimg=2", "gan.checkpoint_kimg=1", "classifier_training.n_real=2000",
+             "classifier_training.n_fake=2000", "classifier_training.epochs=2",
+             "evaluation.n_fake=1000"] if args.quick else []
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         sys.exit(f"{out} is not empty; pass another --out")
