@@ -28,7 +28,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         from gangaps.config import to_yaml
         print(to_yaml(cfg), end="")
         return
-    Runner(cfg, out, progress=not args.quiet).run()
+    Runner(cfg, out, progress=not args.quiet, executor=args.executor, address=args.address).run()
     from gangaps.train.distributed import rank
     if rank() == 0:  # under torchrun every rank runs this command
         print(f"report: {out / 'report' / 'index.html'}")
@@ -56,7 +56,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     modes = args.fool_mode.split(",") if args.fool_mode else [cfg.experiment.fool_mode]
     archs = args.target_arch.split(",") if args.target_arch else [None]
     out = Path(args.out or Path("runs") / f"{cfg.name}-sweep")
-    print(f"report: {run_sweep(cfg, out, lambdas, modes, archs, progress=not args.quiet)}")
+    report = run_sweep(cfg, out, lambdas, modes, archs, progress=not args.quiet,
+                       executor=args.executor, address=args.address)
+    print(f"report: {report}")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -138,6 +140,12 @@ def _add_run_args(p: argparse.ArgumentParser, with_config: bool) -> None:
                    "$GANGAPS_DATA_ROOT")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: every job in this process, one after another (default); ray: "
+                   "each job on a Ray cluster as soon as what it waits for is done (not part "
+                   "of the run: a run started on one resumes on the other)")
+    p.add_argument("--address", help="with --executor ray: the cluster (auto, or HOST:PORT of "
+                   "`ray start --head`); default: a cluster of this machine alone")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="what is done, running and left in a run directory",
                        description="Per iteration, every generator and classifier job of a run: "
-                       "done (with its time), running, interrupted (resumes from its checkpoint "
-                       "when the same run command is given again) or pending.")
+                       "done (with its time), running (on which host, pid), interrupted (resumes "
+                       "from its checkpoint when the same run command is given again) or pending.")
     p.add_argument("run_dir", help="a run directory (holds config.yaml)")
     p.set_defaults(func=cmd_status)
 

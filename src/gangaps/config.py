@@ -118,6 +118,20 @@ class EvaluationConfig(_Section):
     bootstrap: int = Field(0, ge=0, description="bootstrap resamples for confidence intervals")
 
 
+class ResourcesConfig(_Section):
+    """What one job asks of a Ray cluster (`--executor ray`; the local executor ignores it).
+    Where jobs run does not change results, so this section is not part of a run's identity."""
+    generator_gpus: float | None = Field(None, ge=0, le=1, description="GPU share of a "
+                                         "generator job; null: by family (dcgan 0.25, "
+                                         "stylegan2 1: a whole GPU)")
+    classifier_gpus: float = Field(0.25, ge=0, le=1, description="GPU share of a classifier job")
+    evaluation_gpus: float = Field(0.25, ge=0, le=1, description="GPU share of an evaluation job")
+    cpus: int = Field(1, ge=1, description="CPUs per job, also its torch thread count (the "
+                      "cluster never runs more jobs on a node than its CPUs allow)")
+    max_retries: int = Field(3, ge=0, description="retries of a job whose worker died (killed, "
+                             "node lost); a job's own error is never retried")
+
+
 class Config(_Section):
     name: str = "experiment"
     seed: int = 0
@@ -129,6 +143,7 @@ class Config(_Section):
         ClassifierSpec(seeds=[0], role="target"), ClassifierSpec(seeds=[1], role="heldout")])
     classifier_training: ClassifierTrainingConfig = Field(default_factory=ClassifierTrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @model_validator(mode="after")
     def _check(self) -> Config:

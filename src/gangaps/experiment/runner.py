@@ -1,7 +1,10 @@
-"""Run an experiment: iteration by iteration, generators, then classifiers, then evaluations.
+"""Run an experiment: its job graph (`graph`), handed to an executor (`executors`).
 
 Each job is skipped when its DONE marker exists and resumes from its checkpoint otherwise, so
-re-running the same command continues where a killed run stopped. Jobs run one after another.
+re-running the same command continues where a killed run stopped. The local executor runs the
+jobs one after another in this process, iteration by iteration; the ray executor runs each job
+as soon as what it waits for is done, on any node of a Ray cluster. The report is built at the
+end from the files the jobs wrote.
 
 Under torchrun every process runs a Runner: each generator job is trained by all ranks together
 (data-parallel, see `gangaps.train.gan`); everything else that writes the run directory
@@ -12,50 +15,37 @@ must be on a filesystem every rank sees (one machine, or a shared one across mac
 
 from __future__ import annotations
 
-import sys
-import time
+import json
 from functools import partial
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
-from tqdm.auto import tqdm
 
-from gangaps.config import Config
+from gangaps.config import Config, from_dict
 from gangaps.data import RealData, load_real
 from gangaps.errors import CorruptFile, UserError
-from gangaps.experiment.evaluate import QualityMeter, detection_record
-from gangaps.experiment.plan import (
-    GeneratorSpec,
-    classifier_specs,
-    derive_seed,
-    generator_specs,
+from gangaps.experiment.executors import Progress, make_executor
+from gangaps.experiment.graph import Job, build_graph
+from gangaps.experiment.jobs import (
+    JobContext,
+    configure_device,
+    is_done,
+    job_summary_line,
+    load_data,
+    resolve_device,
+    run_job,
 )
 from gangaps.experiment.store import RunStore, iteration0_view, redo_hint
-from gangaps.generators import generate, load_generator
-from gangaps.io import atomic_write_json
+from gangaps.io import append_jsonl
 from gangaps.models.classifiers import build_classifier
 from gangaps.train import distributed as ddp
-from gangaps.train.classifier import (
-    FINAL,
-    classify,
-    load_classifier,
-    make_augment,
-    train_classifier,
-)
+from gangaps.train.classifier import make_augment
 from gangaps.train.family import get_family
-from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator
+
+__all__ = ["Runner", "open_run", "resolve_device"]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA device is available")
-    return torch.device(name)
-
-
-def open_run(cfg: Config, out: str | Path) -> tuple[RunStore, RealData]:
+def open_run(cfg: Config, out: str | Path, check_device: bool = True) -> tuple[RunStore, RealData]:
     """Validate everything a run needs (data included) before writing a single file."""
     store = RunStore(out, cfg.experiment.reuse_iteration0)
     if store.shared_iteration0 is not None:
@@ -66,7 +56,8 @@ def open_run(cfg: Config, out: str | Path) -> tuple[RunStore, RealData]:
             raise UserError(f"experiment.reuse_iteration0: {store.shared_iteration0} was made "
                             f"with other settings ({', '.join(diff[:4])} differ)")
     real = load_real(cfg.data)
-    resolve_device(cfg.device)
+    if check_device:  # under ray the workers' devices count, not the driver's
+        resolve_device(cfg.device)
     try:  # options valid?
         get_family(cfg.gan.family).build(cfg.gan, real.channels, real.resolution)
     except (RuntimeError, MemoryError) as e:  # each size valid, too big together
@@ -88,141 +79,108 @@ def open_run(cfg: Config, out: str | Path) -> tuple[RunStore, RealData]:
 
 
 class Runner:
-    def __init__(self, cfg: Config, out: str | Path, progress: bool = True) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Config, out: str | Path, progress: bool = True,
+                 executor: str = "local", address: str | None = None) -> None:
+        self.cfg, self.executor_name, self.address = cfg, executor, address
+        local = executor == "local"
         if ddp.launched_by_torchrun():  # join the job's process group: cuda:LOCAL_RANK or cpu
+            if not local:
+                raise UserError("--executor ray does not run under torchrun (Ray places the "
+                                "jobs itself); use one or the other")
             self.device = ddp.init_from_env(cfg.device)
             if ddp.is_distributed():
                 ddp.rank_job_settings(0, cfg.gan.batch_size)  # divisible? before any write
         self.main = ddp.rank() == 0
         if self.main:  # validates and writes the config; an error stops every rank
-            self.store, self.real = ddp.on_rank0(lambda: open_run(cfg, out))
+            self.store, real = ddp.on_rank0(lambda: open_run(cfg, out, check_device=local))
+            real.eval_real = real.eval_real[:cfg.evaluation.n_real]
         else:
             ddp.on_rank0(lambda: None)  # wait for rank 0's checks and config.yaml
             self.store = RunStore(out, cfg.experiment.reuse_iteration0)
-            self.real = load_real(cfg.data)
+            real = load_data(cfg)
         if not ddp.launched_by_torchrun():
-            self.device = resolve_device(cfg.device)
-        self.real.eval_real = self.real.eval_real[:cfg.evaluation.n_real]
-        if self.device.type == "cuda":  # fixed shapes: let cuDNN pick the fastest kernels
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            self.device = resolve_device(cfg.device) if local else torch.device("cpu")
+        configure_device(self.device)
         self.progress = progress and self.main
-        self._quality: QualityMeter | None = None
-        self._real_logits: dict[tuple[int, str], torch.Tensor] = {}
+        self.ctx = JobContext(cfg, self.store.root, self.device, real, self.progress)
 
-    def log(self, msg: str) -> None:
-        if self.progress:
-            tqdm.write(msg, file=sys.stderr)
+    @property
+    def name(self) -> str:
+        return self.store.root.name
 
-    # -- the experiment -----------------------------------------------------------------
     def run(self) -> None:
-        from gangaps.report import build_report
-        ddp.on_rank0(self.store.acquire)
-        try:
-            for k in range(self.cfg.experiment.iterations):
-                self.train_generators(k)  # every rank
-                ddp.on_rank0(lambda k=k: self.train_classifiers(k))
-                ddp.on_rank0(lambda k=k: self.evaluate(k))
-            ddp.on_rank0(lambda: build_report(self.store.root))
-        except CorruptFile as e:  # a finished job's artifact: say how to redo that job
-            if self.store.is_done(e.path.parent):
-                raise UserError(f"{e}; {redo_hint(e.path.parent)}") from None
-            raise
-        finally:
-            if self.main:
-                self.store.release()
+        run_together([self], self.executor_name, self.address)
 
-    def _shared(self, k: int) -> bool:
-        return k == 0 and self.store.shared_iteration0 is not None
+    def todo(self, jobs: list[Job]) -> list[Job]:
+        todo = [j for j in jobs if not is_done(self.store, j)]
+        if self.store.shared_iteration0 is not None:
+            for job in todo:
+                if job.iteration == 0 and job.kind != "evaluation":
+                    raise UserError(f"shared iteration 0 is unfinished: {job.key} in "
+                                    f"{self.store.shared_iteration0} (finish that run first)")
+        return todo
 
-    def train_generators(self, k: int) -> None:
-        for spec in generator_specs(self.cfg, k):
-            out = self.store.generator_dir(k, spec.instance)
-            if ddp.agree(self.store.is_done(out)):  # rank 0's view: all ranks skip together
-                continue
-            if self._shared(k):
-                raise UserError(f"shared iteration 0 is unfinished: {out} (finish that run first)")
-            label = f"iter {k} gen {spec.instance:02d}"
-            fool = [load_classifier(self.store.classifier_dir(i, cid) / FINAL, self.device)
-                    for i, cid in spec.fool_targets]
-            init = (self.store.generator_dir(*spec.init_from) / CHECKPOINT
-                    if spec.init_from else None)
-            t0 = time.perf_counter()
-            job = GeneratorJob(out, spec.seed, fool, init, label, data_parallel=True)
-            summary = train_generator(job, self.cfg, self.real.gan_train, self.device,
-                                      self.progress)
-            ddp.on_rank0(partial(self._finish_generator, out, summary, spec, label, t0))
 
-    def _finish_generator(self, out: Path, summary: dict, spec: GeneratorSpec, label: str,
-                          t0: float) -> None:
-        """Sample grid and DONE marker of a trained generator (rank 0 only under torchrun)."""
-        G = load_generator(out / CHECKPOINT, self.device)
-        grid = generate(G, self.cfg.gan.sample_grid, seed=0, device=self.device)
-        save_image(grid.float() / 255, out / "samples.png", nrow=max(1, int(len(grid) ** 0.5)))
-        summary.update(seed=spec.seed, split=spec.split, seconds=time.perf_counter() - t0,
-                       fool_targets=[list(t) for t in spec.fool_targets])
-        self.store.mark_done(out, summary)
-        self.log(f"{label}: done in {summary['seconds']:.0f}s ({spec.split})")
+def run_together(runners: list[Runner], executor: str = "local",
+                 address: str | None = None) -> None:
+    """Runs whose jobs wait for nothing of each other's (a sweep's variants) as one graph,
+    so a cluster works on all of them at once; then each run's report."""
+    from gangaps.report import build_report
+    several = len(runners) > 1
+    by_run = {(r.name if several else ""): r for r in runners}
+    locked: list[Runner] = []
+    try:
+        for r in runners:
+            ddp.on_rank0(r.store.acquire)
+            locked.append(r)
+        graphs = {run: build_graph(r.cfg, run=run) for run, r in by_run.items()}
+        todo = [j for run, r in by_run.items() for j in r.todo(graphs[run])]
+        main = runners[0]
+        progress = Progress(todo, main.progress, partial(_log_record, by_run, main.main),
+                            partial(_detail, by_run))
+        ex = make_executor(executor, main.cfg, address)  # resources: the same for every run
+        if executor == "local":
+            # under torchrun every rank walks every job, each skip agreed with rank 0
+            jobs = [j for g in graphs.values() for j in g] if ddp.is_distributed() else todo
+            ex.run(jobs, partial(_local_work, by_run), progress)
+        else:
+            ex.run(todo, partial(_ray_work, {run: (r.cfg.model_dump(mode="json"), str(r.store.root))
+                                             for run, r in by_run.items()}), progress)
+        for r in runners:
+            ddp.on_rank0(lambda r=r: build_report(r.store.root))
+    except CorruptFile as e:  # a finished job's artifact: say how to redo that job
+        if RunStore.is_done(e.path.parent):
+            raise UserError(f"{e}; {redo_hint(e.path.parent)}") from None
+        raise
+    finally:
+        for r in locked:
+            if r.main:
+                r.store.release()
 
-    def train_classifiers(self, k: int) -> None:
-        for spec in classifier_specs(self.cfg, k):
-            out = self.store.classifier_dir(k, spec.clf_id)
-            if self.store.is_done(out):
-                continue
-            if self._shared(k):
-                raise UserError(f"shared iteration 0 is unfinished: {out} (finish that run first)")
-            label = f"iter {k} {spec.clf_id}"
-            gens = [self.store.generator_dir(k, n) / CHECKPOINT for n in spec.train_instances]
-            t0 = time.perf_counter()
-            summary = train_classifier(out, spec.arch, spec.options, spec.seed, gens,
-                                       self.real.classifier_train, self.cfg.classifier_training,
-                                       self.device, self.progress, label)
-            summary.update(seed=spec.seed, role=spec.role, arch=spec.arch,
-                           seconds=time.perf_counter() - t0)
-            self.store.mark_done(out, summary)
-            self.log(f"{label}: done in {summary['seconds']:.0f}s, "
-                     f"val accuracy {summary['val_accuracy']:.3f}")
 
-    # -- evaluation ---------------------------------------------------------------------
-    def _real_logits_of(self, i: int, clf_id: str, model: torch.nn.Module) -> torch.Tensor:
-        if (i, clf_id) not in self._real_logits:
-            self._real_logits[(i, clf_id)] = classify(model, self.real.eval_real, self.device)
-        return self._real_logits[(i, clf_id)]
+def _local_work(by_run: dict[str, Runner], job: Job, device: str | None) -> dict:
+    return run_job(by_run[job.run].ctx, job)
 
-    def evaluate(self, upto: int) -> None:
-        """Quality of every generator of iterations ≤ upto, and every classifier of those
-        iterations on every one of those generators (the full cross-iteration matrix so far)."""
-        ev = self.cfg.evaluation
-        classifiers = [(i, c) for i in range(upto + 1) for c in classifier_specs(self.cfg, i)]
-        for j in range(upto + 1):
-            for g in generator_specs(self.cfg, j):
-                gen_dir = self.store.generator_dir(j, g.instance)
-                quality_path = self.store.quality_path(j, g.instance)
-                todo = [(i, c) for i, c in classifiers
-                        if not self.store.eval_path(j, g.instance, i, c.clf_id).exists()]
-                if quality_path.exists() and not todo:
-                    continue
-                G = load_generator(gen_dir / CHECKPOINT, self.device)
-                fake = generate(G, ev.n_fake, derive_seed(self.cfg.seed, "eval", j, g.instance),
-                                device=self.device)
-                if not quality_path.exists():
-                    if self._quality is None:
-                        self._quality = QualityMeter(self.cfg, self.real, self.device)
-                    atomic_write_json(quality_path, {
-                        "generator_iteration": j, "generator_instance": g.instance,
-                        "generator_split": g.split, "n_fake": len(fake), **self._quality(fake)})
-                for i, c in todo:
-                    model = load_classifier(self.store.classifier_dir(i, c.clf_id) / FINAL,
-                                            self.device)
-                    metrics = detection_record(self._real_logits_of(i, c.clf_id, model),
-                                               classify(model, fake, self.device),
-                                               ev.bootstrap, seed=derive_seed(0, j, g.instance))
-                    atomic_write_json(self.store.eval_path(j, g.instance, i, c.clf_id), {
-                        "generator_iteration": j, "generator_instance": g.instance,
-                        "generator_split": g.split, "classifier_iteration": i,
-                        "classifier_id": c.clf_id, "classifier_arch": c.arch,
-                        "classifier_role": c.role, "n_real": len(self.real.eval_real),
-                        "n_fake": len(fake), "metrics": metrics})
-        self.log(f"evaluation up to iteration {upto}: done")
 
+def _log_record(by_run: dict[str, Runner], main: bool, job: Job, record: dict) -> None:
+    if main:
+        append_jsonl(by_run[job.run].store.jobs_log_path, record)
+
+
+def _detail(by_run: dict[str, Runner], job: Job) -> str:
+    return job_summary_line(job, by_run[job.run].store)
+
+
+_CONTEXTS: dict[tuple[str, str], JobContext] = {}  # per worker process: data loaded once
+
+
+def _ray_work(runs: dict[str, tuple[dict, str]], job: Job, device: str | None) -> dict:
+    """A job in a Ray worker (module level: Ray ships it by reference); `runs` maps a run to
+    its config and directory."""
+    cfg_tree, root = runs[job.run]
+    key = (root, json.dumps(cfg_tree, sort_keys=True) + str(device))
+    if key not in _CONTEXTS:
+        cfg = from_dict(cfg_tree)
+        _CONTEXTS[key] = JobContext(cfg, root, torch.device(device or "cpu"))
+        configure_device(_CONTEXTS[key].device)
+    return run_job(_CONTEXTS[key], job)

@@ -1,18 +1,29 @@
-"""`gangaps status DIR`: per iteration and job, done / running / interrupted / pending."""
+"""`gangaps status DIR`: per iteration and job, done / running (where) / interrupted / pending."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from gangaps.experiment.joblock import lock_holder
+from gangaps.experiment.jobs import LOCK
 from gangaps.experiment.plan import classifier_specs, generator_specs
 from gangaps.experiment.store import RunStore
 from gangaps.io import read_json
+
+
+def _where(holder: dict) -> str:
+    since = time.time() - holder.get("start", time.time())
+    return f"running on {holder.get('host', '?')} (pid {holder.get('pid', '?')}, {since:.0f}s)"
 
 
 def _job_state(store: RunStore, job_dir: Path, running: bool) -> str:
     if store.is_done(job_dir):
         s = store.done_summary(job_dir)
         return f"done ({s.get('seconds', 0):.0f}s)"
+    holder = lock_holder(job_dir / LOCK)  # whoever trains it now, on any node
+    if holder is not None:
+        return _where(holder)
     if (job_dir / "checkpoint.safetensors").exists():
         return "running" if running else "interrupted (resumes from checkpoint)"
     return "pending"
@@ -39,8 +50,13 @@ def status_text(run_dir: Path) -> str:
             total += 1
             done += state.startswith("done")
             lines.append(f"  {name:<28} {state}")
-        n_eval = len(list((store.root / f"iter_{k:02d}" / "eval").glob("*.json")))
+        eval_dir = store.root / f"iter_{k:02d}" / "eval"
+        n_eval = len(list(eval_dir.glob("*.json")))
         lines.append(f"  evaluations of its generators: {n_eval}")
+        for lock in sorted(eval_dir.glob(f".*{LOCK}")):
+            holder = lock_holder(lock)
+            if holder is not None:
+                lines.append(f"  eval {lock.name.removesuffix(LOCK)[1:]:<23} {_where(holder)}")
     report = store.report_dir / "index.html"
     lines.append(f"{done}/{total} training jobs done; report: "
                  + (str(report) if report.exists() else "not built yet"))

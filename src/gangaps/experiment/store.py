@@ -6,6 +6,7 @@
     runs/<name>/iter_KK/quality/gen_NN.json    FID of one generator
     runs/<name>/iter_KK/eval/cII_<clf>__gen_NN.json  a classifier of iteration II on one generator
     runs/<name>/report/                        index.html, results.json, figures/*.png
+    runs/<name>/jobs.jsonl                     where and when each job ran (driver's log)
 
 A job is done when its DONE marker exists; DONE is written last, atomically, so a crash leaves
 either a finished job or one that resumes from its checkpoint.
@@ -67,6 +68,10 @@ class RunStore:
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
+
+    @property
+    def jobs_log_path(self) -> Path:
+        return self.root / "jobs.jsonl"  # the driver's log: one line per finished job
 
     @property
     def lock_path(self) -> Path:
@@ -227,8 +232,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def _comparable(cfg: Config) -> dict:
-    """Settings that change results; `device` may differ between a run and its resume."""
-    flat = _flatten(cfg.model_dump(mode="json"))
+    """Settings that change results; `device` and `resources` (where jobs run) may differ
+    between a run and its resume."""
+    flat = _flatten(cfg.model_dump(mode="json", exclude={"resources"}))
     flat.pop("device", None)
     return flat
 

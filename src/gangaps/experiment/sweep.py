@@ -62,13 +62,18 @@ def plan_sweep(base: Config, out: Path, lambdas: list[float], modes: list[str],
 
 
 def run_sweep(base: Config, out: Path, lambdas: list[float], modes: list[str],
-              target_archs: list[str | None], progress: bool = True) -> Path:
-    from gangaps.experiment.runner import Runner
+              target_archs: list[str | None], progress: bool = True, executor: str = "local",
+              address: str | None = None) -> Path:
+    from gangaps.experiment.runner import Runner, run_together
     from gangaps.report.sweep import build_sweep_report
     base0, variants = plan_sweep(base, out, lambdas, modes, target_archs)
     # open (validate, write config) every run before training anything: a bad variant fails fast
-    runners = [Runner(base0, out / BASE, progress)]
-    runners += [Runner(cfg, path, progress) for path, cfg in variants]
-    for runner in runners:
-        runner.run()
+    runners = [Runner(base0, out / BASE, progress, executor, address)]
+    runners += [Runner(cfg, path, progress, executor, address) for path, cfg in variants]
+    runners[0].run()  # iteration 0, then every variant at once (one after another when local)
+    if executor == "local":
+        for runner in runners[1:]:
+            runner.run()
+    else:
+        run_together(runners[1:], executor, address)
     return build_sweep_report(out, [path for path, _ in variants])

@@ -1,0 +1,231 @@
+"""The bodies of the experiment's jobs: train a generator, train a classifier, evaluate.
+
+Each runs in whatever process an executor puts it (the driver, a Ray worker on another node)
+from the config, the run directory and the job alone, under the job's lock, and writes only the
+job's own outputs. A job is done when its DONE marker (evaluations: their result files)
+exists. Numbers do not depend on where a job ran: every seed comes from `plan.derive_seed`, and
+the caches kept between jobs of one process (LeNet, real logits) hold exactly what a fresh
+process computes again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from gangaps.config import Config
+from gangaps.data import RealData, load_real
+from gangaps.errors import UserError
+from gangaps.experiment.evaluate import QualityMeter, cache_dir, detection_record
+from gangaps.experiment.graph import CLASSIFIER, EVALUATION, GENERATOR, Job
+from gangaps.experiment.joblock import job_lock
+from gangaps.experiment.plan import ClassifierJobSpec, GeneratorSpec, derive_seed
+from gangaps.experiment.store import RunStore
+from gangaps.generators import generate, load_generator
+from gangaps.io import atomic_write_json
+from gangaps.train import distributed as ddp
+from gangaps.train.classifier import FINAL, classify, load_classifier, train_classifier
+from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
+def configure_device(device: torch.device) -> None:
+    if device.type == "cuda":  # fixed shapes: let cuDNN pick the fastest kernels
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
+def load_data(cfg: Config) -> RealData:
+    real = load_real(cfg.data)
+    real.eval_real = real.eval_real[:cfg.evaluation.n_real]
+    return real
+
+
+class JobContext:
+    """What jobs of one run share within one process: config, store, device, data, caches."""
+
+    def __init__(self, cfg: Config, root: str | Path, device: torch.device,
+                 real: RealData | None = None, progress: bool = False) -> None:
+        self.cfg, self.device, self.progress = cfg, device, progress
+        self.store = RunStore(root, cfg.experiment.reuse_iteration0)
+        self._real = real
+        self._quality: QualityMeter | None = None
+        self._real_logits: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def real(self) -> RealData:
+        if self._real is None:
+            self._real = load_data(self.cfg)
+        return self._real
+
+
+# -- where a job's outputs and lock are ----------------------------------------------------
+def is_done(store: RunStore, job: Job) -> bool:
+    if job.kind == GENERATOR:
+        return all(store.is_done(store.generator_dir(s.iteration, s.instance))
+                   for s in job.generators)
+    if job.kind == CLASSIFIER:
+        return store.is_done(store.classifier_dir(job.classifier.iteration, job.classifier.clf_id))
+    quality, todo = _eval_todo(store, job)
+    return not quality and not todo
+
+
+LOCK = ".lock"  # in a generator's or classifier's directory
+
+
+def lock_paths(store: RunStore, job: Job) -> list[Path]:
+    """Beside the job's outputs: <gen or clf dir>/.lock, iter_KK/eval/.gen_NN_cII.lock."""
+    if job.kind == GENERATOR:
+        return [store.generator_dir(s.iteration, s.instance) / LOCK for s in job.generators]
+    if job.kind == CLASSIFIER:
+        return [store.classifier_dir(job.classifier.iteration, job.classifier.clf_id) / LOCK]
+    g = job.generators[0]
+    eval_dir = store.eval_path(g.iteration, g.instance, job.clf_iteration, "x").parent
+    return [eval_dir / f".gen_{g.instance:02d}_c{job.clf_iteration:02d}{LOCK}"]
+
+
+def _eval_todo(store: RunStore, job: Job) -> tuple[bool, list[ClassifierJobSpec]]:
+    g, i = job.generators[0], job.clf_iteration
+    quality = job.with_quality and not store.quality_path(g.iteration, g.instance).exists()
+    todo = [c for c in job.classifiers
+            if not store.eval_path(g.iteration, g.instance, i, c.clf_id).exists()]
+    return quality, todo
+
+
+# -- running one job -----------------------------------------------------------------------
+def run_job(ctx: JobContext, job: Job) -> dict:
+    """Run `job` unless it is done; under torchrun generators on every rank, the rest on rank 0.
+    Returns what the driver logs: where and when it ran, or skipped."""
+    record = {"job": job.key, "kind": job.kind, "iteration": job.iteration, "start": time.time()}
+    if ddp.agree(is_done(ctx.store, job)):  # rank 0's view: every rank skips together
+        return {**record, "skipped": True}
+    if job.kind == GENERATOR:
+        with _locked(ctx, job):  # rank 0 holds the locks while all ranks train
+            for spec in job.generators:
+                _generator(ctx, spec)
+    else:
+        body = _classifier if job.kind == CLASSIFIER else _evaluation
+        ddp.on_rank0(lambda: _run_locked(ctx, job, body))
+    return {**record, "end": time.time(), "skipped": False}
+
+
+def _locked(ctx: JobContext, job: Job) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    if ddp.rank() == 0:
+        for path in lock_paths(ctx.store, job):
+            stack.enter_context(job_lock(path, job.label))
+    return stack
+
+
+def _run_locked(ctx: JobContext, job: Job, body) -> None:
+    with _locked(ctx, job):
+        if not is_done(ctx.store, job):  # another driver may have finished it meanwhile
+            body(ctx, job)
+
+
+def _shared_unfinished(ctx: JobContext, out: Path) -> UserError:
+    return UserError(f"shared iteration 0 is unfinished: {out} (finish that run first)")
+
+
+def _generator(ctx: JobContext, spec: GeneratorSpec) -> None:
+    store, cfg = ctx.store, ctx.cfg
+    out = store.generator_dir(spec.iteration, spec.instance)
+    if ddp.agree(store.is_done(out)):  # a group may be half done
+        return
+    if spec.iteration == 0 and store.shared_iteration0 is not None:
+        raise _shared_unfinished(ctx, out)
+    label = f"iter {spec.iteration} gen {spec.instance:02d}"
+    fool = [load_classifier(store.classifier_dir(i, cid) / FINAL, ctx.device)
+            for i, cid in spec.fool_targets]
+    init = store.generator_dir(*spec.init_from) / CHECKPOINT if spec.init_from else None
+    resumed = ddp.agree((out / CHECKPOINT).exists())
+    t0 = time.perf_counter()
+    job = GeneratorJob(out, spec.seed, fool, init, label, data_parallel=True)
+    summary = train_generator(job, cfg, ctx.real.gan_train, ctx.device, ctx.progress)
+
+    def finish() -> None:  # sample grid and DONE marker (rank 0 only under torchrun)
+        G = load_generator(out / CHECKPOINT, ctx.device)
+        grid = generate(G, cfg.gan.sample_grid, seed=0, device=ctx.device)
+        save_image(grid.float() / 255, out / "samples.png", nrow=max(1, int(len(grid) ** 0.5)))
+        summary.update(seed=spec.seed, split=spec.split, seconds=time.perf_counter() - t0,
+                       fool_targets=[list(t) for t in spec.fool_targets], resumed=resumed)
+        store.mark_done(out, summary)
+    ddp.on_rank0(finish)
+
+
+def _classifier(ctx: JobContext, job: Job) -> None:
+    store, spec = ctx.store, job.classifier
+    out = store.classifier_dir(spec.iteration, spec.clf_id)
+    if spec.iteration == 0 and store.shared_iteration0 is not None:
+        raise _shared_unfinished(ctx, out)
+    gens = [store.generator_dir(spec.iteration, n) / CHECKPOINT for n in spec.train_instances]
+    t0 = time.perf_counter()
+    summary = train_classifier(out, spec.arch, spec.options, spec.seed, gens,
+                               ctx.real.classifier_train, ctx.cfg.classifier_training,
+                               ctx.device, ctx.progress, job.label)
+    summary.update(seed=spec.seed, role=spec.role, arch=spec.arch,
+                   seconds=time.perf_counter() - t0)
+    store.mark_done(out, summary)
+
+
+def _evaluation(ctx: JobContext, job: Job) -> None:
+    """One generator: its quality (in its own iteration's job) and its detection by every
+    classifier of one iteration. Files and numbers as the one-sweep evaluation always wrote."""
+    store, ev, g, i = ctx.store, ctx.cfg.evaluation, job.generators[0], job.clf_iteration
+    j, n = g.iteration, g.instance
+    quality, todo = _eval_todo(store, job)
+    G = load_generator(store.generator_dir(j, n) / CHECKPOINT, ctx.device)
+    fake = generate(G, ev.n_fake, derive_seed(ctx.cfg.seed, "eval", j, n), device=ctx.device)
+    common = {"generator_iteration": j, "generator_instance": n, "generator_split": g.split}
+    if quality:
+        atomic_write_json(store.quality_path(j, n),
+                          {**common, "n_fake": len(fake), **_quality(ctx, fake)})
+    real = ctx.real.eval_real
+    for c in todo:
+        path = store.classifier_dir(i, c.clf_id) / FINAL
+        model = load_classifier(path, ctx.device)
+        key = (i, c.clf_id, path.stat().st_mtime_ns)  # a retrained classifier is a new key
+        if key not in ctx._real_logits:
+            ctx._real_logits[key] = classify(model, real, ctx.device)
+        metrics = detection_record(ctx._real_logits[key], classify(model, fake, ctx.device),
+                                   ev.bootstrap, seed=derive_seed(0, j, n))
+        atomic_write_json(store.eval_path(j, n, i, c.clf_id), {
+            **common, "classifier_iteration": i, "classifier_id": c.clf_id,
+            "classifier_arch": c.arch, "classifier_role": c.role, "n_real": len(real),
+            "n_fake": len(fake), "metrics": metrics})
+
+
+def _quality(ctx: JobContext, fake: torch.Tensor) -> dict:
+    if ctx._quality is not None:
+        return ctx._quality(fake)
+    ctx._quality = QualityMeter(ctx.cfg, ctx.real, ctx.device)
+    if ctx.cfg.evaluation.fid != "lenet":
+        return ctx._quality(fake)
+    # the first use trains LeNet if this machine has none: one process trains, the others
+    # wait and load it, so every job measures with the same network
+    with job_lock(cache_dir() / "lenet.lock", "LeNet training", wait=True):
+        return ctx._quality(fake)
+
+
+def job_summary_line(job: Job, store: RunStore) -> str:
+    """What a finished job reports in the driver's one line per job."""
+    if job.kind == EVALUATION:
+        return ""
+    d = (store.classifier_dir(job.classifier.iteration, job.classifier.clf_id)
+         if job.kind == CLASSIFIER else store.generator_dir(job.generators[0].iteration,
+                                                            job.generators[0].instance))
+    if not store.is_done(d):
+        return ""
+    s = store.done_summary(d)
+    return f"val accuracy {s['val_accuracy']:.3f}" if job.kind == CLASSIFIER else s.get("split", "")
