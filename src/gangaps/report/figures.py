@@ -143,17 +143,22 @@ def tradeoff(points: list[dict], path: Path) -> Path | None:
     cmap = plt.get_cmap("plasma")
     for lam_i, lam in enumerate(lams):
         for mode, marker in markers.items():
-            pts = [p for p in points if p["fool_lambda"] == lam and p["fool_mode"] == mode]
-            if pts:
-                label = "iteration 0 (not fooled)" if mode == "none" else f"{mode}, λ={lam:g}"
+            for later in (False, True):  # iteration 1 filled (R1 proper), later ones hollow
+                pts = [p for p in points if p["fool_lambda"] == lam and p["fool_mode"] == mode
+                       and (p["iteration"] >= 2) == later]
+                if not pts:
+                    continue
+                color = cmap(lam_i / max(1, len(lams) - 1) * 0.85)
+                label = ("not fooled (iteration 0, control)" if mode == "none"
+                         else f"{mode}, λ={lam:g}" + (", iteration ≥ 2" if later else ""))
                 ax.scatter([p["fid"] for p in pts], [p["accuracy"] for p in pts], marker=marker,
-                           color=cmap(lam_i / max(1, len(lams) - 1) * 0.85), label=label,
+                           facecolors="none" if later else color, edgecolors=color, label=label,
                            alpha=0.8)
     ax.axhline(0.5, color="gray", lw=0.8, ls="--")
     ax.set_xlabel("FID of the held-out generator (lower is better)")
     ax.set_ylabel("accuracy of held-out C_{k-1}")
     ax.set_title("Trade-off: fooling held-out classifiers vs quality (R1)", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _save(fig, path)
 
 
