@@ -188,7 +188,8 @@ def test_generate_writes_seeded_samples_as_pngs_or_npz(finished_run, tmp_path, c
                 [*base[:4], "--instance", "9", "--n", "3", "--out", str(tmp_path / "x")],
                 ["generate", str(ckpt), "--iteration", "0", "--n", "3", "--out", str(tmp_path / "x")],
                 ["generate", str(tmp_path), "--n", "3", "--out", str(tmp_path / "x")],
-                [*base, "--n", "0", "--out", str(tmp_path / "x")]):
+                [*base, "--n", "0", "--out", str(tmp_path / "x")],
+                [*base, "--n", "3", "--batch-size", "0", "--out", str(tmp_path / "x")]):
         assert main(bad) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("gangaps: error:")

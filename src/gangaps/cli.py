@@ -105,8 +105,8 @@ def _generator_checkpoint(source: Path, iteration: int | None, instance: int | N
 def cmd_generate(args: argparse.Namespace) -> None:
     from gangaps.experiment.runner import resolve_device
     from gangaps.generators import export_samples, load_generator
-    if args.n < 1:
-        raise UserError(f"--n must be ≥ 1, got {args.n}")
+    if args.n < 1 or args.batch_size < 1:
+        raise UserError(f"--n and --batch-size must be ≥ 1, got {args.n} and {args.batch_size}")
     ckpt = _generator_checkpoint(Path(args.source), args.iteration, args.instance)
     out = Path(args.out)
     if out.exists() and (out.suffix == ".npz") == out.is_dir():
