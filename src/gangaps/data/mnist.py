@@ -91,6 +91,8 @@ def parse_idx(data: bytes, name: str = "idx data") -> torch.Tensor:
     for d in shape:
         n *= d
     body = len(data) - 4 - 4 * ndim
+    if n == 0:
+        raise UserError(f"{name}: header says {list(shape)}, an empty array")
     if n != body:
         raise UserError(f"{name}: header says {list(shape)} ({n} bytes) but the file holds "
                         f"{body}; {'truncated' if body < n else 'wrong size'}")
