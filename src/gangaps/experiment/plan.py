@@ -71,3 +71,14 @@ def generator_specs(cfg: Config, k: int) -> list[GeneratorSpec]:
     return [GeneratorSpec(k, n, derive_seed(cfg.seed, "generator", k, n), generator_split(cfg, n),
                           fool_targets(cfg, k), (k - 1, n) if init_prev else None)
             for n in range(cfg.experiment.instances)]
+
+
+def generator_groups(cfg: Config, k: int) -> list[tuple[GeneratorSpec, ...]]:
+    """Iteration k's generator jobs in groups of `gan.group_size` consecutive instances, each
+    trained as one fused job. Fixed by the config (the runner resolves `auto` into the config
+    it writes), so a resumed run regroups exactly as before."""
+    size = cfg.gan.group_size
+    if size == "auto":
+        raise ValueError("gan.group_size=auto: resolve it first (gangaps.train.gan.group_size)")
+    specs = generator_specs(cfg, k)
+    return [tuple(specs[i:i + size]) for i in range(0, len(specs), size)]

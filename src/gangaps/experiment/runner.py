@@ -29,6 +29,7 @@ from gangaps.experiment.plan import (
     GeneratorSpec,
     classifier_specs,
     derive_seed,
+    generator_groups,
     generator_specs,
 )
 from gangaps.experiment.store import RunStore, iteration0_view
@@ -43,8 +44,9 @@ from gangaps.train.classifier import (
     make_augment,
     train_classifier,
 )
+from gangaps.train.events import add_scalars
 from gangaps.train.family import get_family
-from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator
+from gangaps.train.gan import CHECKPOINT, GeneratorJob, group_size, train_generators
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,11 +79,17 @@ def open_run(cfg: Config, out: str | Path) -> tuple[RunStore, RealData]:
 
 class Runner:
     def __init__(self, cfg: Config, out: str | Path, progress: bool = True) -> None:
-        self.cfg = cfg
         if ddp.launched_by_torchrun():  # join the job's process group: cuda:LOCAL_RANK or cpu
             self.device = ddp.init_from_env(cfg.device)
             if ddp.is_distributed():
                 ddp.rank_job_settings(0, cfg.gan.batch_size)  # divisible? before any write
+        else:
+            self.device = resolve_device(cfg.device)
+        # the written config holds the group size in effect: fused and one-by-one training
+        # agree only to float tolerance, so a run resumes only with the same grouping
+        cfg = cfg.model_copy(deep=True)
+        cfg.gan.group_size = group_size(cfg.gan, self.device, cfg.experiment.instances)
+        self.cfg = cfg
         self.main = ddp.rank() == 0
         if self.main:  # validates and writes the config; an error stops every rank
             self.store, self.real = ddp.on_rank0(lambda: open_run(cfg, out))
@@ -89,8 +97,6 @@ class Runner:
             ddp.on_rank0(lambda: None)  # wait for rank 0's checks and config.yaml
             self.store = RunStore(out, cfg.experiment.reuse_iteration0)
             self.real = load_real(cfg.data)
-        if not ddp.launched_by_torchrun():
-            self.device = resolve_device(cfg.device)
         self.real.eval_real = self.real.eval_real[:cfg.evaluation.n_real]
         if self.device.type == "cuda":  # fixed shapes: let cuDNN pick the fastest kernels
             torch.backends.cudnn.benchmark = True
@@ -121,22 +127,30 @@ class Runner:
         return k == 0 and self.store.shared_iteration0 is not None
 
     def train_generators(self, k: int) -> None:
-        for spec in generator_specs(self.cfg, k):
-            out = self.store.generator_dir(k, spec.instance)
-            if ddp.agree(self.store.is_done(out)):  # rank 0's view: all ranks skip together
+        for group in generator_groups(self.cfg, k):  # each group: one (fused) job
+            outs = [self.store.generator_dir(k, spec.instance) for spec in group]
+            done = [ddp.agree(self.store.is_done(out)) for out in outs]  # rank 0's view
+            if all(done):
                 continue
             if self._shared(k):
-                raise UserError(f"shared iteration 0 is unfinished: {out} (finish that run first)")
-            label = f"iter {k} gen {spec.instance:02d}"
+                raise UserError(f"shared iteration 0 is unfinished: {outs[done.index(False)]} "
+                                "(finish that run first)")
+            labels = [f"iter {k} gen {spec.instance:02d}" for spec in group]
             fool = [load_classifier(self.store.classifier_dir(i, cid) / FINAL, self.device)
-                    for i, cid in spec.fool_targets]
-            init = (self.store.generator_dir(*spec.init_from) / CHECKPOINT
-                    if spec.init_from else None)
+                    for i, cid in group[0].fool_targets]  # the same for every instance of k
+            jobs = [GeneratorJob(out, spec.seed, fool,
+                                 self.store.generator_dir(*spec.init_from) / CHECKPOINT
+                                 if spec.init_from else None, label, data_parallel=True)
+                    for spec, out, label in zip(group, outs, labels, strict=True)]
             t0 = time.perf_counter()
-            job = GeneratorJob(out, spec.seed, fool, init, label, data_parallel=True)
-            summary = train_generator(job, self.cfg, self.real.gan_train, self.device,
-                                      self.progress)
-            ddp.on_rank0(partial(self._finish_generator, out, summary, spec, label, t0))
+            # a group whose kill fell between its instances' DONE markers resumes at its end
+            summaries = train_generators(
+                jobs, self.cfg, self.real.gan_train, self.device, self.progress,
+                self.store.group_dir(k, [s.instance for s in group]) if len(group) > 1 else None)
+            for spec, out, label, summary, finished in zip(group, outs, labels, summaries, done,
+                                                           strict=True):
+                if not finished:
+                    ddp.on_rank0(partial(self._finish_generator, out, summary, spec, label, t0))
 
     def _finish_generator(self, out: Path, summary: dict, spec: GeneratorSpec, label: str,
                           t0: float) -> None:
@@ -193,9 +207,14 @@ class Runner:
                 if not quality_path.exists():
                     if self._quality is None:
                         self._quality = QualityMeter(self.cfg, self.real, self.device)
+                    quality = self._quality(fake)
                     atomic_write_json(quality_path, {
                         "generator_iteration": j, "generator_instance": g.instance,
-                        "generator_split": g.split, "n_fake": len(fake), **self._quality(fake)})
+                        "generator_split": g.split, "n_fake": len(fake), **quality})
+                    if self.cfg.gan.tensorboard:  # FID beside the instance's training curves
+                        add_scalars(gen_dir, {f"quality/{k}": v for k, v in quality.items()
+                                              if isinstance(v, int | float)},
+                                    self.store.done_summary(gen_dir)["steps"])
                 for i, c in todo:
                     model = load_classifier(self.store.classifier_dir(i, c.clf_id) / FINAL,
                                             self.device)

@@ -2,13 +2,16 @@
 
     runs/<name>/config.yaml                    resolved config, written once
     runs/<name>/iter_KK/gen_NN/                checkpoint, samples.png, log.jsonl, quality.json, DONE
+    runs/<name>/iter_KK/group_NN-MM/           checkpoint of instances NN..MM trained fused
     runs/<name>/iter_KK/clf_<arch>_<seed>/     checkpoint, classifier.safetensors, log.jsonl, DONE
     runs/<name>/iter_KK/quality/gen_NN.json    FID of one generator
     runs/<name>/iter_KK/eval/cII_<clf>__gen_NN.json  a classifier of iteration II on one generator
     runs/<name>/report/                        index.html, results.json, figures/*.png
 
 A job is done when its DONE marker exists; DONE is written last, atomically, so a crash leaves
-either a finished job or one that resumes from its checkpoint.
+either a finished job or one that resumes from its checkpoint. A fused group resumes from its
+group checkpoint; it writes its instances' own checkpoints when it has finished, then their
+DONE markers, so every gen_NN/ ends as a job trained alone would leave it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class RunStore:
 
     def generator_dir(self, k: int, n: int) -> Path:
         return self.iteration_dir(k) / f"gen_{n:02d}"
+
+    def group_dir(self, k: int, instances: list[int]) -> Path:
+        return self.iteration_dir(k) / f"group_{instances[0]:02d}-{instances[-1]:02d}"
 
     def classifier_dir(self, k: int, clf_id: str) -> Path:
         return self.iteration_dir(k) / clf_id
