@@ -33,7 +33,8 @@ SEEDS = (11, 12, 13)
 # 50 steps of 32 images, a checkpoint every 10; the fool term (adaptive) from step 20 on
 OVERRIDES = {"gan.kimg": 1.6, "gan.checkpoint_kimg": 0.32, "gan.log_kimg": 0.32,
              "experiment.fool_lambda": 1.0, "experiment.fool_weighting": "adaptive",
-             "experiment.fool_start": 0.4, "gan.tensorboard": "true"}
+             "experiment.fool_start": 0.4, "experiment.fool_adaptive_max": 1000.0,
+             "gan.tensorboard": "true"}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -198,3 +199,16 @@ def test_group_size_is_resolved_and_checked(data_root):
         group_size(cfg.gan, CPU, 10)
     cfg.gan.group_size = "auto"
     assert group_size(cfg.gan, CPU, 10) == 1
+
+
+def test_flops_of_one_instance_are_counted_without_touching_the_rng():
+    """The FLOPs behind every GPU log line's MFU: one ordinary instance's step."""
+    from gangaps.config import GANConfig
+    from gangaps.train.dcgan_family import DCGANFamily
+    from gangaps.train.speed import instance_step_flops
+    family = DCGANFamily()
+    rng = torch.get_rng_state()
+    small, big = (instance_step_flops(family, GANConfig(options={"width": w}), 1, 28, 8, CPU)
+                  for w in (0.125, 0.25))
+    assert torch.equal(rng, torch.get_rng_state())
+    assert 2 < big / small < 5  # convolutions scale with width² (the z layer with width)

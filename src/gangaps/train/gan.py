@@ -39,7 +39,7 @@ from gangaps.train import distributed as ddp
 from gangaps.train.events import InstanceLog
 from gangaps.train.family import get_family
 from gangaps.train.fool import FoolSchedule, FoolTerm
-from gangaps.train.speed import FlopCount, peak_flops
+from gangaps.train.speed import instance_step_flops, peak_flops
 from gangaps.train.state import TrainState
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -117,7 +117,9 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
     # statistics stay [n] tensors until a log line is written: no GPU sync per step
     stats_sum: dict[str, torch.Tensor] = {}
     stats_n: dict[str, int] = {}
-    flops, peak = FlopCount(), peak_flops(device, gcfg.bf16)
+    peak = peak_flops(device, gcfg.bf16)
+    step_flops = peak and n * instance_step_flops(family, gcfg, channels, resolution,
+                                                  state.batch_size, device)
     t0, steps = time.perf_counter(), 0
     nets.train()
     bar = tqdm(total=total_steps, initial=state.step, unit="step", leave=False,
@@ -127,13 +129,12 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
         step = state.step
         batch = state.real_batch(real)
         per_instance = batch.shape[-4]  # images each instance sees this step
-        with flops.step() if peak else contextlib.nullcontext():
-            for phase in phases:
-                if step % phase.interval:
-                    continue
-                z = state.latents(per_instance)
-                with autocast():
-                    out = family.phase_loss(phase, nets, batch, z, step)
+        for phase in phases:
+            if step % phase.interval:
+                continue
+            z = state.latents(per_instance)
+            with autocast():
+                out = family.phase_loss(phase, nets, batch, z, step)
                 loss = out.loss.reshape(n)  # each instance's own loss
                 if phase.fool and out.fake is not None:
                     fakes = out.fake.reshape(n, -1, *out.fake.shape[-3:])
@@ -141,13 +142,13 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
                     if term is not None:
                         loss = loss + term[0]
                         out.stats.update(term[1])
-                opts[phase.opt].zero_grad(set_to_none=True)
-                loss.sum().backward()  # instances share nothing: each gets its own gradient
-                opts[phase.opt].step()
-                for k, v in out.stats.items():  # phases run at intervals: count per key
-                    v = torch.as_tensor(v).detach().float().reshape(-1).expand(n)
-                    stats_sum[k] = stats_sum.get(k, 0.0) + v
-                    stats_n[k] = stats_n.get(k, 0) + 1
+            opts[phase.opt].zero_grad(set_to_none=True)
+            loss.sum().backward()  # instances share nothing: each gets its own gradient
+            opts[phase.opt].step()
+            for k, v in out.stats.items():  # phases run at intervals: count per key
+                v = torch.as_tensor(v).detach().float().reshape(-1).expand(n)
+                stats_sum[k] = stats_sum.get(k, 0.0) + v
+                stats_n[k] = stats_n.get(k, 0) + 1
         family.end_step(nets, step, per_instance)
         state.step += 1
         steps += 1
@@ -159,8 +160,8 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
                 means = dict(zip(means, ([m] for m in ddp.mean_over_ranks(
                     [m[0] for m in means.values()])), strict=True))
             speed = {"img_per_s": round(steps * per_instance * world / dt, 2)}
-            if peak and flops.per_step:  # the group's FLOPs against the one device's peak
-                speed["mfu"] = round(flops.per_step * steps * world / dt / peak, 4)
+            if step_flops:  # the group's FLOPs against the one device's peak
+                speed["mfu"] = round(step_flops * steps * world / dt / peak, 4)
             lam = fool.schedule.scale(state.step) if fool.active else 0.0
             for i, log in enumerate(logs):
                 log.write({"step": state.step, "kimg": round(state.step * gcfg.batch_size / 1000, 3),

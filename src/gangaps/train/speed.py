@@ -1,15 +1,19 @@
 """Throughput of a training loop: img/s per instance and, on GPU, the fraction of peak FLOP/s.
 
-FLOPs are counted once, on one real step (`torch.utils.flop_counter.FlopCounterMode`: matmuls
-and convolutions, forward and backward), then multiplied by the steps done (nanoGPT's MFU).
+FLOPs are counted once, on one step of one ordinary instance (`instance_step_flops`, with
+`torch.utils.flop_counter.FlopCounterMode`: matmuls and convolutions, forward and backward),
+then multiplied by the instances and the steps done (nanoGPT's MFU). A fused group does
+exactly n times one instance's work; it is not counted directly because FlopCounterMode
+overcounts the backward of grouped convolutions (torch 2.14: about 2× here).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from gangaps.config import GANConfig
+from gangaps.train.family import GANFamily
 
 # Dense peak FLOP/s by device name (vendor datasheets; bf16 tensor cores, and the TF32 the
 # runner enables for fp32 matmuls and convolutions).
@@ -29,18 +33,18 @@ def peak_flops(device: torch.device, bf16: bool) -> float | None:
     return None
 
 
-class FlopCount:
-    """`with counter.step():` around one step counts its FLOPs (the first time only)."""
-
-    def __init__(self) -> None:
-        self.per_step: int | None = None
-
-    @contextlib.contextmanager
-    def step(self) -> Iterator[None]:
-        if self.per_step is not None:
-            yield
-            return
-        from torch.utils.flop_counter import FlopCounterMode
+def instance_step_flops(family: GANFamily, cfg: GANConfig, channels: int, resolution: int,
+                        batch: int, device: torch.device) -> int:
+    """FLOPs of one step of one ordinary instance: the loss of every phase that runs every
+    step, forward and backward, on random inputs. Not counted: lazy regularisation phases and
+    the fool term (their double backward breaks FlopCounterMode's hooks). The RNG is left as
+    it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        nets = family.build(cfg, channels, resolution).to(device)
+        z = torch.randn(batch, cfg.z_dim, device=device)
+        x = torch.randn(batch, channels, resolution, resolution, device=device)
         with FlopCounterMode(display=False) as mode:
-            yield
-        self.per_step = mode.get_total_flops()
+            for phase in family.phases(cfg):
+                if phase.interval == 1:
+                    family.phase_loss(phase, nets, x, z, 0).loss.sum().backward()
+    return mode.get_total_flops()
