@@ -12,8 +12,8 @@ projected wall time of one full mnist-dcgan iteration (10 instances × its kimg,
 training only) at that speed. Modes alternate within the run, so load drifts hit both.
 
 --demo: the demo's generator phase (its 4 instances, its kimg) fused against one after
-another, then `gangaps demo experiment.iterations=1` with gan.group_size=4 and =1 (wall time),
-alternating, `--repeats` times each.
+another, then `gangaps demo experiment.iterations=1` with gan.group_size=1 and =4 (wall time),
+alternating, `--repeats` times each (`--demo-kimg`: shorter generator training for both).
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ def _table(args, device) -> list[dict]:
 
 def _demo(args, device) -> list[dict]:
     demo = resources.files("gangaps") / "configs" / "demo.yaml"
+    extra = [f"gan.kimg={args.demo_kimg}"] if args.demo_kimg else []
     with resources.as_file(demo) as path:
-        cfg = load_config(path, [f"data.path={args.data_root}"])
+        cfg = load_config(path, [f"data.path={args.data_root}", *extra])
     real = load_real(cfg.data).gan_train
     n = cfg.experiment.instances
     print(f"demo generator phase: {n} instances × {cfg.gan.kimg} kimg, batch {cfg.gan.batch_size}, "
@@ -122,7 +123,7 @@ def _demo(args, device) -> list[dict]:
             with tempfile.TemporaryDirectory() as tmp:
                 cmd = [sys.executable, "-m", "gangaps.cli", "demo", "--out", f"{tmp}/run",
                        "--data-root", str(args.data_root), "--quiet", "experiment.iterations=1",
-                       f"gan.group_size={size}", f"device={device.type}"]
+                       f"gan.group_size={size}", f"device={device.type}", *extra]
                 t0 = time.perf_counter()
                 subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
                 walls[size].append(time.perf_counter() - t0)
@@ -145,6 +146,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0, help="steps a job (default 200, quick 30)")
     p.add_argument("--seq-jobs", type=int, default=4, help="jobs timed for `in turn`")
     p.add_argument("--repeats", type=int, default=1, help="--demo: alternating repeats")
+    p.add_argument("--demo-kimg", type=float, default=0.0,
+                   help="--demo: shorter generator training than the demo's (a loaded CPU)")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args()
     device = torch.device(args.device)

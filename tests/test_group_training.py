@@ -212,3 +212,14 @@ def test_flops_of_one_instance_are_counted_without_touching_the_rng():
                   for w in (0.125, 0.25))
     assert torch.equal(rng, torch.get_rng_state())
     assert 2 < big / small < 5  # convolutions scale with width² (the z layer with width)
+
+
+def test_a_run_records_its_group_size_and_refuses_another(data_root, tmp_path):
+    from gangaps.experiment.runner import Runner
+    from gangaps.experiment.store import RunStore
+    cfg = _cfg(data_root, **{"device": "cpu"})
+    Runner(cfg, tmp_path / "run", progress=False)  # auto, resolved for 3 instances on CPU
+    assert RunStore(tmp_path / "run").load_config().gan.group_size == 3
+    Runner(_cfg(data_root, **{"device": "cpu", "gan.group_size": 3}), tmp_path / "run")
+    with pytest.raises(UserError, match="gan.group_size"):
+        Runner(_cfg(data_root, **{"device": "cpu", "gan.group_size": 1}), tmp_path / "run")
