@@ -161,6 +161,7 @@ def test_tensorboard_events_hold_per_instance_curves(runs):
 def test_killed_group_resumes_to_identical_weights(runs, data_root, tmp_path):
     """SIGKILL a group job mid-training (after a checkpoint), rerun: the uninterrupted run's
     weights, bit for bit."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     root = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import sys; sys.path[:0] = {[str(Path(__file__).parents[1]), str(Path(__file__).parents[1] / "src")]!r}
@@ -187,6 +188,9 @@ def test_killed_group_resumes_to_identical_weights(runs, data_root, tmp_path):
         logs = [read_jsonl(r / f"gen_{i:02d}" / "log.jsonl") for r in (runs["group50"], root)]
         assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]]
         assert [r["loss_G"] for r in logs[0]] == [r["loss_G"] for r in logs[1]]
+        ev = EventAccumulator(str(root / f"gen_{i:02d}" / "tensorboard"))
+        ev.Reload()  # the events replayed after the kill replace those past the checkpoint
+        assert [e.step for e in ev.Scalars("train/loss_G")] == [r["step"] for r in logs[1]]
 
 
 def test_group_size_is_resolved_and_checked(data_root):

@@ -33,7 +33,8 @@ class InstanceLog:
         if enabled and step > 0:
             _truncate(self.path, step)  # lines written after the checkpoint are replayed
         if enabled and tensorboard:
-            self.tb = _writer(out_dir, purge_step=step if step > 0 else None)
+            # events past the checkpoint are replayed: TensorBoard drops steps >= purge_step
+            self.tb = _writer(out_dir, purge_step=step + 1 if step > 0 else None)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
