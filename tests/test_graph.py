@@ -6,12 +6,13 @@ import pytest
 
 from gangaps.config import load_config
 from gangaps.experiment.graph import CLASSIFIER, EVALUATION, GENERATOR, build_graph
+from gangaps.experiment.plan import classifier_specs
 
 
 def _graph(mode: str, **extra: object):
     overrides = {"experiment.iterations": 3, "experiment.instances": 4,
                  "experiment.heldout_instances": 2, "experiment.fool_mode": mode, **extra}
-    return build_graph(load_config(None, [f"{k}={v}" for k, v in overrides.items()]))
+    return build_graph(load_config(None, [f"{k}={v}" for k, v in overrides.items()]), group_size=1)
 
 
 def _by_key(jobs):
@@ -53,10 +54,16 @@ def test_classifiers_wait_for_train_generators_and_evaluations_for_what_they_mea
     assert jobs["iter_01/eval/gen_00_c01"].with_quality
 
 
-def test_a_group_is_one_job_of_one_split():
-    jobs = build_graph(load_config(None, ["experiment.iterations=2", "experiment.instances=5",
-                                          "experiment.heldout_instances=2"]), group_size=2)
+def test_a_group_is_one_job_of_consecutive_instances():
+    cfg = load_config(None, ["experiment.iterations=2", "experiment.instances=5",
+                             "experiment.heldout_instances=2", "gan.group_size=2"])
+    jobs = build_graph(cfg)  # the size from the config
     gens = [j for j in jobs if j.kind == GENERATOR and j.iteration == 0]
-    assert [[s.instance for s in j.generators] for j in gens] == [[0, 1], [2], [3, 4]]
+    assert [[s.instance for s in j.generators] for j in gens] == [[0, 1], [2, 3], [4]]
     clf = next(j for j in jobs if j.kind == CLASSIFIER and j.iteration == 0)
-    assert clf.deps == ("iter_00/gen_00+01", "iter_00/gen_02")
+    assert clf.deps == ("iter_00/gen_00+01", "iter_00/gen_02+03")  # 3 is held out: waits
+    targets = tuple(sorted(f"iter_00/{c.clf_id}" for c in classifier_specs(cfg, 0)
+                           if c.role == "target"))
+    assert targets and next(j for j in jobs if j.key == "iter_01/gen_02+03").deps == targets
+    with pytest.raises(ValueError, match="resolve"):
+        build_graph(load_config(None, []))  # auto is the runner's to resolve

@@ -72,11 +72,22 @@ class GANConfig(_Section):
     checkpoint_kimg: float = Field(50.0, gt=0, description="checkpoint every this many kimg")
     log_kimg: float = Field(5.0, gt=0)
     sample_grid: int = Field(64, ge=1, le=4096)
+    group_size: int | Literal["auto"] = Field(
+        "auto", description="generator instances of one iteration trained as one fused model "
+        "(1: one at a time; auto: by device and family, see gangaps.train.group_size); part of "
+        "the results, so a run resumes only with the same resolved size")
+    tensorboard: bool = Field(False, description="also write TensorBoard events per instance "
+                              "(pip install gangaps[tensorboard])")
+    bf16: bool = Field(False, description="CUDA: bf16 autocast of the networks")
+    channels_last: bool = Field(False, description="CUDA: channels_last memory format")
+    compile: bool = Field(False, description="torch.compile the networks (CUDA)")
 
     @model_validator(mode="after")
     def _betas(self) -> GANConfig:
         if not all(0 <= b < 1 for b in self.betas):  # Adam divides by 1 - beta2**t
             raise ValueError(f"betas must each be in [0, 1), got {list(self.betas)}")
+        if self.group_size != "auto" and self.group_size < 1:
+            raise ValueError(f"group_size={self.group_size}: 1 or more, or auto")
         return self
 
 

@@ -84,11 +84,16 @@ def classifier_key(k: int, clf_id: str) -> str:
     return f"iter_{k:02d}/{clf_id}"
 
 
-def build_graph(cfg: Config, group_size: int = 1, run: str = "") -> list[Job]:
-    """Every job of the experiment, dependencies first. `group_size` instances per generator
-    job (fused groups); a group only holds instances of one split, so classifiers never wait
-    for a held-out instance. `run` names the run in every key (several runs in one graph)."""
-    jobs = _build(cfg, group_size)
+def build_graph(cfg: Config, group_size: int | None = None, run: str = "") -> list[Job]:
+    """Every job of the experiment, dependencies first. `group_size` (default: the config's
+    `gan.group_size`, resolved by the runner) consecutive instances per generator job, trained
+    as one fused group; a group holding a held-out instance delays the classifiers of its
+    train instances, so sizes that divide the train instances overlap best on a cluster.
+    `run` names the run in every key (several runs in one graph)."""
+    size = cfg.gan.group_size if group_size is None else group_size
+    if size == "auto":
+        raise ValueError("gan.group_size=auto: resolve it first (gangaps.train.gan.group_size)")
+    jobs = _build(cfg, size)
     if not run:
         return jobs
     return [replace(j, run=run, deps=tuple(f"{run}:{d}" for d in j.deps)) for j in jobs]
@@ -100,9 +105,7 @@ def _build(cfg: Config, group_size: int) -> list[Job]:
     jobs: list[Job] = []
     for k in range(K):
         specs = generator_specs(cfg, k)
-        groups = [[s for s in specs if s.split == split][i:i + group_size]
-                  for split in ("train", "heldout")
-                  for i in range(0, sum(s.split == split for s in specs), group_size)]
+        groups = [specs[i:i + group_size] for i in range(0, len(specs), group_size)]
         for group in groups:
             key = generator_key(k, *(s.instance for s in group))
             deps = {classifier_key(i, c) for s in group for i, c in s.fool_targets}

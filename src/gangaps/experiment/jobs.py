@@ -29,7 +29,8 @@ from gangaps.generators import generate, load_generator
 from gangaps.io import atomic_write_json
 from gangaps.train import distributed as ddp
 from gangaps.train.classifier import FINAL, classify, load_classifier, train_classifier
-from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator
+from gangaps.train.events import add_scalars
+from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generators
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,8 +113,7 @@ def run_job(ctx: JobContext, job: Job) -> dict:
         return {**record, "skipped": True}
     if job.kind == GENERATOR:
         with _locked(ctx, job):  # rank 0 holds the locks while all ranks train
-            for spec in job.generators:
-                _generator(ctx, spec)
+            _generators(ctx, job.generators)
     else:
         body = _classifier if job.kind == CLASSIFIER else _evaluation
         ddp.on_rank0(lambda: _run_locked(ctx, job, body))
@@ -138,29 +138,41 @@ def _shared_unfinished(ctx: JobContext, out: Path) -> UserError:
     return UserError(f"shared iteration 0 is unfinished: {out} (finish that run first)")
 
 
-def _generator(ctx: JobContext, spec: GeneratorSpec) -> None:
+def _generators(ctx: JobContext, specs: tuple[GeneratorSpec, ...]) -> None:
+    """Train the job's instances: one alone, or several as one fused group (see
+    `gangaps.train.gan`); each ends as its own gen_NN/ with checkpoint, samples and DONE."""
     store, cfg = ctx.store, ctx.cfg
-    out = store.generator_dir(spec.iteration, spec.instance)
-    if ddp.agree(store.is_done(out)):  # a group may be half done
+    outs = [store.generator_dir(s.iteration, s.instance) for s in specs]
+    done = [ddp.agree(store.is_done(out)) for out in outs]  # rank 0's view: all ranks alike
+    if all(done):
         return
-    if spec.iteration == 0 and store.shared_iteration0 is not None:
-        raise _shared_unfinished(ctx, out)
-    label = f"iter {spec.iteration} gen {spec.instance:02d}"
+    k = specs[0].iteration
+    if k == 0 and store.shared_iteration0 is not None:
+        raise _shared_unfinished(ctx, outs[done.index(False)])
     fool = [load_classifier(store.classifier_dir(i, cid) / FINAL, ctx.device)
-            for i, cid in spec.fool_targets]
-    init = store.generator_dir(*spec.init_from) / CHECKPOINT if spec.init_from else None
-    resumed = ddp.agree((out / CHECKPOINT).exists())
+            for i, cid in specs[0].fool_targets]  # the same for every instance of iteration k
+    jobs = [GeneratorJob(out, s.seed, fool,
+                         store.generator_dir(*s.init_from) / CHECKPOINT if s.init_from else None,
+                         f"iter {k} gen {s.instance:02d}", data_parallel=True,
+                         write_checkpoint=not finished)  # a finished instance stays as it is
+            for s, out, finished in zip(specs, outs, done, strict=True)]
+    group_dir = store.group_dir(k, [s.instance for s in specs]) if len(specs) > 1 else None
+    resumed = ddp.agree(((group_dir or outs[0]) / CHECKPOINT).exists())
     t0 = time.perf_counter()
-    job = GeneratorJob(out, spec.seed, fool, init, label, data_parallel=True)
-    summary = train_generator(job, cfg, ctx.real.gan_train, ctx.device, ctx.progress)
+    summaries = train_generators(jobs, cfg, ctx.real.gan_train, ctx.device, ctx.progress,
+                                 group_dir)
 
-    def finish() -> None:  # sample grid and DONE marker (rank 0 only under torchrun)
-        G = load_generator(out / CHECKPOINT, ctx.device)
-        grid = generate(G, cfg.gan.sample_grid, seed=0, device=ctx.device)
-        save_image(grid.float() / 255, out / "samples.png", nrow=max(1, int(len(grid) ** 0.5)))
-        summary.update(seed=spec.seed, split=spec.split, seconds=time.perf_counter() - t0,
-                       fool_targets=[list(t) for t in spec.fool_targets], resumed=resumed)
-        store.mark_done(out, summary)
+    def finish() -> None:  # sample grids and DONE markers (rank 0 only under torchrun)
+        for spec, out, summary, finished in zip(specs, outs, summaries, done, strict=True):
+            if finished:
+                continue
+            G = load_generator(out / CHECKPOINT, ctx.device)
+            grid = generate(G, cfg.gan.sample_grid, seed=0, device=ctx.device)
+            save_image(grid.float() / 255, out / "samples.png",
+                       nrow=max(1, int(len(grid) ** 0.5)))
+            summary.update(seed=spec.seed, split=spec.split, seconds=time.perf_counter() - t0,
+                           fool_targets=[list(t) for t in spec.fool_targets], resumed=resumed)
+            store.mark_done(out, summary)
     ddp.on_rank0(finish)
 
 
@@ -189,8 +201,13 @@ def _evaluation(ctx: JobContext, job: Job) -> None:
     fake = generate(G, ev.n_fake, derive_seed(ctx.cfg.seed, "eval", j, n), device=ctx.device)
     common = {"generator_iteration": j, "generator_instance": n, "generator_split": g.split}
     if quality:
-        atomic_write_json(store.quality_path(j, n),
-                          {**common, "n_fake": len(fake), **_quality(ctx, fake)})
+        scores = _quality(ctx, fake)
+        atomic_write_json(store.quality_path(j, n), {**common, "n_fake": len(fake), **scores})
+        if ctx.cfg.gan.tensorboard:  # FID beside the instance's training curves
+            gen_dir = store.generator_dir(j, n)
+            add_scalars(gen_dir, {f"quality/{key}": v for key, v in scores.items()
+                                  if isinstance(v, int | float)},
+                        store.done_summary(gen_dir)["steps"])
     real = ctx.real.eval_real
     for c in todo:
         path = store.classifier_dir(i, c.clf_id) / FINAL

@@ -41,6 +41,7 @@ from gangaps.models.classifiers import build_classifier
 from gangaps.train import distributed as ddp
 from gangaps.train.classifier import make_augment
 from gangaps.train.family import get_family
+from gangaps.train.gan import group_size
 
 __all__ = ["Runner", "open_run", "resolve_device"]
 
@@ -90,6 +91,11 @@ class Runner:
             self.device = ddp.init_from_env(cfg.device)
             if ddp.is_distributed():
                 ddp.rank_job_settings(0, cfg.gan.batch_size)  # divisible? before any write
+        # the written config holds the group size in effect: fused and one-by-one training
+        # agree only to float tolerance, so a run resumes only with the same grouping
+        cfg = _resolve_group_size(cfg, out, self.device if ddp.launched_by_torchrun() else
+                                  _job_device(cfg, local))
+        self.cfg = cfg
         self.main = ddp.rank() == 0
         if self.main:  # validates and writes the config; an error stops every rank
             self.store, real = ddp.on_rank0(lambda: open_run(cfg, out, check_device=local))
@@ -119,6 +125,32 @@ class Runner:
                     raise UserError(f"shared iteration 0 is unfinished: {job.key} in "
                                     f"{self.store.shared_iteration0} (finish that run first)")
         return todo
+
+
+def _job_device(cfg: Config, local: bool) -> torch.device:
+    """The device generator jobs will train on: the local one, or on a Ray cluster what
+    `device` asks for (auto: CPU's group size, the safe choice before the cluster is seen)."""
+    if local:
+        return resolve_device(cfg.device)
+    return torch.device("cuda" if cfg.device.startswith("cuda") else "cpu")
+
+
+def _resolve_group_size(cfg: Config, out: str | Path, device: torch.device) -> Config:
+    """`gan.group_size: auto` made a number: an existing run's own (so it resumes anywhere as
+    it was grouped; one made before groups existed says auto: one at a time), else by device."""
+    size = cfg.gan.group_size
+    if size == "auto":
+        try:
+            stored = RunStore(out).load_config().gan.group_size
+        except UserError:  # a new run (or one that open_run will refuse with its reason)
+            stored = None
+        size = {None: None, "auto": 1}.get(stored, stored) or group_size(
+            cfg.gan, device, cfg.experiment.instances)
+    else:
+        size = group_size(cfg.gan, device, cfg.experiment.instances)  # checks the family
+    cfg = cfg.model_copy(deep=True)
+    cfg.gan.group_size = size
+    return cfg
 
 
 def run_together(runners: list[Runner], executor: str = "local",

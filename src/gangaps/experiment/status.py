@@ -17,15 +17,29 @@ def _where(holder: dict) -> str:
     return f"running on {holder.get('host', '?')} (pid {holder.get('pid', '?')}, {since:.0f}s)"
 
 
+def _group_of(job_dir: Path) -> Path | None:
+    """The fused group directory (iter_KK/group_NN-MM) that trains generator job_dir, if any."""
+    if not job_dir.name.startswith("gen_"):
+        return None
+    n = int(job_dir.name.removeprefix("gen_"))
+    for d in job_dir.parent.glob("group_*-*"):
+        lo, _, hi = d.name.removeprefix("group_").partition("-")
+        if lo.isdigit() and hi.isdigit() and int(lo) <= n <= int(hi):
+            return d
+    return None
+
+
 def _job_state(store: RunStore, job_dir: Path, running: bool) -> str:
     if store.is_done(job_dir):
         s = store.done_summary(job_dir)
         return f"done ({s.get('seconds', 0):.0f}s)"
+    group = _group_of(job_dir)
+    in_group = f" in {group.name}" if group is not None else ""
     holder = lock_holder(job_dir / LOCK)  # whoever trains it now, on any node
     if holder is not None:
-        return _where(holder)
-    if (job_dir / "checkpoint.safetensors").exists():
-        return "running" if running else "interrupted (resumes from checkpoint)"
+        return _where(holder) + in_group
+    if any((d / "checkpoint.safetensors").exists() for d in (job_dir, group) if d is not None):
+        return ("running" if running else "interrupted (resumes from checkpoint)") + in_group
     return "pending"
 
 

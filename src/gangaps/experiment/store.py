@@ -2,6 +2,7 @@
 
     runs/<name>/config.yaml                    resolved config, written once
     runs/<name>/iter_KK/gen_NN/                checkpoint, samples.png, log.jsonl, quality.json, DONE
+    runs/<name>/iter_KK/group_NN-MM/           checkpoint of instances NN..MM trained fused
     runs/<name>/iter_KK/clf_<arch>_<seed>/     checkpoint, classifier.safetensors, log.jsonl, DONE
     runs/<name>/iter_KK/quality/gen_NN.json    FID of one generator
     runs/<name>/iter_KK/eval/cII_<clf>__gen_NN.json  a classifier of iteration II on one generator
@@ -9,7 +10,9 @@
     runs/<name>/jobs.jsonl                     where and when each job ran (driver's log)
 
 A job is done when its DONE marker exists; DONE is written last, atomically, so a crash leaves
-either a finished job or one that resumes from its checkpoint.
+either a finished job or one that resumes from its checkpoint. A fused group resumes from its
+group checkpoint; it writes its instances' own checkpoints when it has finished, then their
+DONE markers, so every gen_NN/ ends as a job trained alone would leave it.
 
 One process writes a run at a time: `.lock` is held with flock(2) (atomic; the kernel drops it
 when its holder dies) and names the holder's pid. The stored config may only be *extended*
@@ -47,6 +50,9 @@ class RunStore:
 
     def generator_dir(self, k: int, n: int) -> Path:
         return self.iteration_dir(k) / f"gen_{n:02d}"
+
+    def group_dir(self, k: int, instances: list[int]) -> Path:
+        return self.iteration_dir(k) / f"group_{instances[0]:02d}-{instances[-1]:02d}"
 
     def classifier_dir(self, k: int, clf_id: str) -> Path:
         return self.iteration_dir(k) / clf_id
@@ -232,10 +238,13 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def _comparable(cfg: Config) -> dict:
-    """Settings that change results; `device` and `resources` (where jobs run) may differ
-    between a run and its resume."""
+    """Settings that change results; `device` and `resources` (where jobs run) and
+    `gan.tensorboard` (what is logged) may differ between a run and its resume."""
     flat = _flatten(cfg.model_dump(mode="json", exclude={"resources"}))
     flat.pop("device", None)
+    flat.pop("gan.tensorboard", None)
+    if flat.get("gan.group_size") == "auto":  # stored by a run made before groups: one at a time
+        flat["gan.group_size"] = 1
     return flat
 
 

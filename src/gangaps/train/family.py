@@ -9,6 +9,7 @@ the loop on those very images, so the fool term is written once for every family
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class GANFamily:
 
     name: str = ""
     options: dict[str, Any] = {}
+    fusable = False  # can a group of instances train as one fused model (`fuse`)?
 
     def resolve_options(self, cfg: GANConfig) -> dict[str, Any]:
         unknown = set(cfg.options) - set(self.options)
@@ -50,6 +52,16 @@ class GANFamily:
     def build(self, cfg: GANConfig, channels: int, resolution: int) -> nn.ModuleDict:
         """Return at least 'G' and 'D' (and 'G_ema' if the family keeps one)."""
         raise NotImplementedError
+
+    def fuse(self, cfg: GANConfig, channels: int, instances: Sequence[nn.ModuleDict]) -> nn.ModuleDict:
+        """n instances built by `build` as one fused model: the same state-dict keys, every
+        tensor the instances' stacked (`gangaps.models.grouped`), nothing shared. Its phase
+        losses and stats are per instance ([n]); its images instance-first ([n, B, ...])."""
+        raise UserError(f"gan.family={self.name} trains one instance at a time (gan.group_size=1)")
+
+    def use_generators(self, nets: nn.ModuleDict, generators: list[torch.Generator]) -> None:
+        """Draw module randomness (dropout) from these per-instance streams; default: the
+        global RNG."""
 
     def optimizers(self, cfg: GANConfig, nets: nn.ModuleDict) -> dict[str, torch.optim.Optimizer]:
         return {k: torch.optim.Adam(nets[k].parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -67,7 +79,8 @@ class GANFamily:
 
     def last_layer(self, nets: nn.ModuleDict) -> torch.Tensor:
         """The weight of G's output layer, where the fool term's adaptive balance compares
-        gradient norms. Default: the last parameter G registers (its output layer)."""
+        gradient norms. Default: the last parameter G registers (its output layer); in a fused
+        model its dim 0 splits evenly into the instances' own parts."""
         return list(nets["G"].parameters())[-1]
 
     def sampler(self, nets: nn.ModuleDict) -> nn.Module:
@@ -77,7 +90,7 @@ class GANFamily:
 
 def get_family(name: str) -> GANFamily:
     if name == "dcgan":
-        from gangaps.models.dcgan import DCGANFamily
+        from gangaps.train.dcgan_family import DCGANFamily
         return DCGANFamily()
     if name == "stylegan2":
         try:

@@ -77,25 +77,38 @@ class FoolTerm(nn.Module):
         return super().train(False)  # classifiers stay in eval mode whatever the caller does
 
     def forward(self, fake: torch.Tensor) -> torch.Tensor:
-        """Unweighted L_fool (real = logit > 0): mean_c softplus(-C(T(fake)))."""
-        x = quantize_straight_through(fake)
-        return torch.stack([F.softplus(-c(x)).mean() for c in self.classifiers]).mean()
+        """Unweighted L_fool (real = logit > 0): mean_c softplus(-C(T(fake))).
+
+        fake [B, C, H, W] (one instance) -> a scalar; [n, B, C, H, W] (a fused group, each
+        instance's own fakes) -> [n], each instance's own loss. The frozen classifiers score
+        all instances' fakes in one pass (every instance of a group fools the same ones).
+        """
+        if fake.ndim == 4:
+            return self(fake[None])[0]
+        n = fake.shape[0]
+        x = quantize_straight_through(fake.flatten(0, 1))
+        return torch.stack([F.softplus(-c(x)).view(n, -1).mean(1) for c in self.classifiers]).mean(0)
 
     def weighted(self, fake: torch.Tensor, adv_loss: torch.Tensor, last_layer: torch.Tensor,
                  step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
         """(w · L_fool, stats) to add to the generator's loss at `step`; None while w = 0.
 
-        `adv_loss` and `last_layer` (a parameter of G both losses depend on) are used only by
-        the adaptive balance; the term's graph is kept so the caller's backward sees it.
+        One instance: fake [B, ...], adv_loss a scalar; a group: fake [n, B, ...], adv_loss
+        [n], and terms and stats come back per instance ([n]), each with its own weight.
+        `adv_loss` and `last_layer` (a parameter of G both losses depend on; in a group its
+        dim 0 splits evenly into the instances' parts) are used only by the adaptive balance,
+        per instance on its own part; the term's graph is kept so the caller's backward sees it.
         """
         scale = self.schedule.scale(step) if self.active else 0.0
         if scale == 0.0:
             return None
         loss = self(fake)
-        weight = torch.tensor(scale, device=loss.device)
+        weight = torch.full_like(loss.detach(), scale)
         if self.schedule.adaptive:
-            g_adv, = torch.autograd.grad(adv_loss, last_layer, retain_graph=True)
-            g_fool, = torch.autograd.grad(loss, last_layer, retain_graph=True)
-            ratio = g_adv.norm() / (g_fool.norm() + 1e-8)
-            weight = weight * ratio.clamp(0.0, self.schedule.adaptive_max).detach()
-        return weight * loss, {"loss_fool": loss.detach(), "fool_weight": weight}
+            # instances share no parameter: the gradient of the sum is each one's own gradient
+            n = loss.numel()
+            g_adv, = torch.autograd.grad(adv_loss.sum(), last_layer, retain_graph=True)
+            g_fool, = torch.autograd.grad(loss.sum(), last_layer, retain_graph=True)
+            ratio = g_adv.reshape(n, -1).norm(dim=1) / (g_fool.reshape(n, -1).norm(dim=1) + 1e-8)
+            weight = weight * ratio.clamp(0.0, self.schedule.adaptive_max).reshape(loss.shape)
+        return weight * loss, {"loss_fool": loss.detach(), "fool_weight": weight.detach()}

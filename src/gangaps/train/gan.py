@@ -1,47 +1,46 @@
-"""The one GAN training loop: any family, with or without the fool term, resumable exactly.
+"""The one GAN training loop: any family, one instance or a fused group, resumable exactly.
 
-Reads top to bottom: build (or resume), then per step run the family's phases, adding
-w·L_fool to the generator's main phase (`gangaps.train.fool`: λ, its schedule and balance); log
-throughput; checkpoint the full state (networks, optimizers, step, data order, RNG) every
-`checkpoint_kimg`; finish with a sample grid.
+Reads top to bottom: build (or resume) the training state (`gangaps.train.state`), then per
+step run the family's phases, adding w·L_fool to the generator's main phase
+(`gangaps.train.fool`: λ, its schedule and balance); log throughput; checkpoint the full state
+every `checkpoint_kimg`; finish with each instance's own checkpoint.
 
-Under torchrun (`GeneratorJob.data_parallel` and a process group) one job is split over the
-ranks: the same initial weights everywhere (same seed, then rank 0's broadcast), per rank a
-disjoint shard of the real images, its own latents and randomness, and gan.batch_size / world
-images a step; gradients are averaged before every optimizer step, so every rank holds the
-same weights. Steps, logging and checkpoint intervals count global images. Rank 0 alone writes
-the log and the checkpoint; the checkpoint also holds every rank's own state (data order,
-latent generator, RNG, per-rank buffers such as BatchNorm statistics), gathered to rank 0, so
-a killed multi-process job resumes exactly, with the same number of processes.
+A group (`train_generators` with n > 1 jobs; a fusable family) trains n independent instances
+of one iteration as one fused model: every loss, stat and fool weight is per instance ([n]),
+the backward pass takes their sum (instances share no parameter, so each gets exactly its own
+gradient), each instance has its own log.jsonl, and the group's checkpoint lives in
+`group_dir`; at the end every instance's ordinary checkpoint is written to its own out_dir.
+
+Under torchrun (`GeneratorJob.data_parallel` and a process group) one job (n = 1) is split
+over the ranks: the same initial weights everywhere (same seed, then rank 0's broadcast), per
+rank a disjoint shard of the real images, its own latents and randomness, and
+gan.batch_size / world images a step; gradients are averaged before every optimizer step, so
+every rank holds the same weights. Steps, logging and checkpoint intervals count global
+images. Rank 0 alone writes the log and the checkpoint, which also holds every rank's own
+state, so a killed multi-process job resumes exactly, with the same number of processes.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from gangaps.config import Config
-from gangaps.data import to_model_range
-from gangaps.data.sampler import EpochSampler
+from gangaps.config import Config, GANConfig
 from gangaps.errors import NonFiniteLoss, UserError
-from gangaps.io import (
-    append_jsonl,
-    atomic_write_text,
-    load_resumable,
-    rng_state,
-    save_state,
-    set_rng_state,
-)
 from gangaps.train import distributed as ddp
+from gangaps.train.events import InstanceLog
 from gangaps.train.family import get_family
 from gangaps.train.fool import FoolSchedule, FoolTerm
+from gangaps.train.speed import instance_step_flops, peak_flops
+from gangaps.train.state import TrainState
 
 CHECKPOINT = "checkpoint.safetensors"
 _NEVER = 2**62  # "no non-finite loss yet" in the per-phase first-bad-step tensors
@@ -57,182 +56,160 @@ class GeneratorJob:
     # Under a process group: split this one job over all ranks (see the module docstring).
     # False: every rank trains and writes its own job (gradients are still averaged).
     data_parallel: bool = False
+    # a group member already finished (its DONE exists): trained along, its files untouched
+    write_checkpoint: bool = True
+
+
+def group_size(cfg: GANConfig, device: torch.device, instances: int) -> int:
+    """gan.group_size resolved. auto: 1 for a family that cannot fuse or under torchrun; on
+    CUDA every instance of the iteration (up to 16: a 28×28 DCGAN leaves a GPU idle); on CPU 4
+    (measured on 2 cores at the demo's size: `benchmarks/mnist_dcgan_speed.py --demo`)."""
+    fusable = get_family(cfg.family).fusable and not ddp.launched_by_torchrun()
+    if cfg.group_size != "auto":
+        if cfg.group_size > 1 and not fusable:
+            raise UserError(f"gan.group_size={cfg.group_size}: gan.family={cfg.family} "
+                            "under this launcher trains one instance at a time; use 1 or auto")
+        return min(cfg.group_size, instances)
+    if not fusable:
+        return 1
+    return min(instances, 16 if device.type == "cuda" else 4)
 
 
 def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: torch.device,
                     progress: bool = True) -> dict:
     """Train one generator instance against D (and the fool term); return a summary dict."""
-    gcfg = cfg.gan
+    return train_generators([job], cfg, real, device, progress)[0]
+
+
+def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tensor,
+                     device: torch.device, progress: bool = True,
+                     group_dir: Path | None = None) -> list[dict]:
+    """Train n instances (n > 1: fused, checkpointing to `group_dir`); one summary each.
+
+    The instances of a group must fool the same classifiers (those of `jobs[0]`): the jobs
+    of one iteration do."""
+    gcfg, n = cfg.gan, len(jobs)
     family = get_family(gcfg.family)
     channels, resolution = real.shape[1], real.shape[-1]
     total_steps = math.ceil(gcfg.kimg * 1000 / gcfg.batch_size)
     ckpt_every = max(1, round(gcfg.checkpoint_kimg * 1000 / gcfg.batch_size))
     log_every = max(1, round(gcfg.log_kimg * 1000 / gcfg.batch_size))
-    split = job.data_parallel and ddp.is_distributed()
-    world, rank = (ddp.world_size(), ddp.rank()) if split else (1, 0)
-    writer = rank == 0  # the one process that writes log and checkpoint, and shows progress
-    rank_seed, batch_size = job.seed, gcfg.batch_size
+    split = n == 1 and jobs[0].data_parallel and ddp.is_distributed()
+    if n > 1 and group_dir is None:
+        raise ValueError("a group of jobs needs a group_dir for its checkpoint")
     if split:
-        rank_seed, batch_size = ddp.rank_job_settings(job.seed, gcfg.batch_size)
         real = ddp.shard(real)
-
-    torch.manual_seed(job.seed)  # network init and any module randomness (dropout)
-    nets = family.build(gcfg, channels, resolution).to(device)
-    if job.init_from is not None:
-        nets["G"].load_state_dict(_sampler_weights(job.init_from))
-        if "G_ema" in nets:
-            nets["G_ema"].load_state_dict(_sampler_weights(job.init_from))
-    opts = family.optimizers(gcfg, nets)
-    if ddp.is_distributed():  # every family: one gradient average a step, one start
-        for opt in opts.values():
-            ddp.average_gradients_before_step(opt)  # idempotent (StyleGAN2 registers it too)
-        ddp.broadcast_module(nets)
-    if split:
-        torch.manual_seed(rank_seed)  # per-rank dropout, noise and augmentation from here on
-    phases = family.phases(gcfg)
-    fool = FoolTerm(job.fool_classifiers,
+    state = TrainState(family, gcfg, jobs, channels, resolution, len(real), device, split)
+    world, writer = state.world, state.rank == 0  # rank 0 alone writes and shows progress
+    nets, opts, phases = state.nets, state.opts, family.phases(gcfg)
+    fool = FoolTerm(jobs[0].fool_classifiers,
                     FoolSchedule.from_config(cfg.experiment, total_steps)).to(device)
-    sampler = EpochSampler(len(real), batch_size, rank_seed)
-    z_gen = torch.Generator(device=device).manual_seed(rank_seed)
-    step = 0
-    buffer_names = {name for name, _ in nets.named_buffers()}
+    cuda = device.type == "cuda"
+    if cuda and gcfg.channels_last:
+        nets.to(memory_format=torch.channels_last)
+    if gcfg.compile:
+        for net in nets.values():
+            net.compile()
+    autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if cuda and gcfg.bf16 \
+        else contextlib.nullcontext
 
-    ckpt_path = job.out_dir / CHECKPOINT
-    state = load_resumable(ckpt_path)  # a damaged newest checkpoint falls back to the previous
-    resume = state is not None
-    if split:
-        resume = ddp.agree(resume)  # all ranks take the same branch
-    if resume:  # resume the full state
-        if state.get("world_size", 1) != world:
-            raise UserError(f"{ckpt_path} was written by {state.get('world_size', 1)} "
-                            f"process(es); resume it with the same number (now {world})")
-        nets.load_state_dict(state["nets"])
-        for k, opt in opts.items():
-            opt.load_state_dict(state["opts"][k])
-        own = state["ranks"][rank] if split else state
-        if split:  # this rank's own buffers (BatchNorm statistics, running means)
-            nets.load_state_dict({**nets.state_dict(), **own["buffers"]})
-        sampler.load_state_dict(own["sampler"])
-        z_gen.set_state(own["z_gen"])
-        set_rng_state(own["rng"])
-        step = state["step"]
-
-    def save() -> None:
-        ranks = None
-        if split:  # a collective: every rank reaches it at the same step
-            ranks = ddp.gather_to_rank0({
-                "sampler": sampler.state_dict(), "z_gen": z_gen.get_state(), "rng": rng_state(),
-                "buffers": {k: v.detach().cpu() for k, v in nets.state_dict().items()
-                            if k in buffer_names}})
-        if not writer:
-            return
-        state = {
-            "spec": {"gan": gcfg.model_dump(mode="json"), "channels": channels,
-                     "resolution": resolution, "seed": job.seed},
-            "nets": nets.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
-            "sampler": sampler.state_dict(), "z_gen": z_gen.get_state(), "rng": rng_state(),
-            "step": step,
-        }
-        if split:
-            state.update(world_size=world, ranks=ranks)
-        save_state(ckpt_path, state, keep_previous=True)
-
-    # first step of a non-finite loss per phase, kept on the device (no sync per step) and
-    # checked before every log line and checkpoint, so garbage is never written
+    ckpt_path = (jobs[0].out_dir if n == 1 else group_dir) / CHECKPOINT
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    state.load(ckpt_path)
+    logs = [InstanceLog(job.out_dir, state.step, gcfg.tensorboard, writer and job.write_checkpoint)
+            for job in jobs]
+    # first step of a non-finite loss per phase and instance, kept on the device (no sync per
+    # step) and checked before every log line and checkpoint, so garbage is never written
     first_bad: dict[str, torch.Tensor] = {}
 
     def check_finite() -> None:
-        steps = [float(s) for s in first_bad.values()]
+        names = list(first_bad)
+        worst = [first_bad[k].min().item() for k in names]
         if split:  # any rank's NaN stops every rank at the same check
-            steps = ddp.mean_over_ranks(steps)
-        for name, s in zip(first_bad, steps):
+            worst = ddp.mean_over_ranks(worst)
+        for name, s in zip(names, worst, strict=True):
             if s < _NEVER:
-                at = int(first_bad[name]) if int(first_bad[name]) < _NEVER else "?"
+                i = int(first_bad[name].argmin())
+                at = int(first_bad[name][i]) if int(first_bad[name][i]) < _NEVER else "?"
+                job = jobs[i]
                 raise NonFiniteLoss(f"{job.label or 'generator'} ({job.out_dir}): loss of phase "
                                     f"{name} is not finite at step {at}; the job stopped and "
                                     f"its last good checkpoint is kept (try a lower gan.lr)")
 
-    log_path = job.out_dir / "log.jsonl"
-    if writer:
-        _truncate_log(log_path, step)  # lines written after the checkpoint are replayed
-    # statistics stay tensors until a log line is written: no GPU sync per step
-    stats_sum: dict[str, torch.Tensor | float] = {}
+    # statistics stay [n] tensors until a log line is written: no GPU sync per step
+    stats_sum: dict[str, torch.Tensor] = {}
     stats_n: dict[str, int] = {}
-    t0, imgs = time.perf_counter(), 0
+    peak = peak_flops(device, gcfg.bf16)
+    step_flops = peak and n * instance_step_flops(family, gcfg, channels, resolution,
+                                                  state.batch_size, device)
+    t0, steps = time.perf_counter(), 0
     nets.train()
-    bar = tqdm(total=total_steps, initial=step, desc=job.label or str(job.out_dir.name),
-               unit="step", disable=not (progress and writer), leave=False, dynamic_ncols=True)
-    while step < total_steps:
-        batch = to_model_range(real[sampler.next()].to(device, non_blocking=True))
+    bar = tqdm(total=total_steps, initial=state.step, unit="step", leave=False,
+               desc=jobs[0].label or jobs[0].out_dir.name if n == 1 else f"{n} instances",
+               disable=not (progress and writer), dynamic_ncols=True)
+    while state.step < total_steps:
+        step = state.step
+        batch = state.real_batch(real)
+        per_instance = batch.shape[-4]  # images each instance sees this step
         for phase in phases:
             if step % phase.interval:
                 continue
-            z = torch.randn(batch.shape[0], gcfg.z_dim, device=device, generator=z_gen)
-            out = family.phase_loss(phase, nets, batch, z, step)
-            loss = out.loss
-            if phase.fool and out.fake is not None:
-                term = fool.weighted(out.fake, out.loss, family.last_layer(nets), step)
-                if term is not None:
-                    loss = loss + term[0]
-                    out.stats.update(term[1])
+            z = state.latents(per_instance)
+            with autocast():
+                out = family.phase_loss(phase, nets, batch, z, step)
+                loss = out.loss.reshape(n)  # each instance's own loss
+                if phase.fool and out.fake is not None:
+                    fakes = out.fake.reshape(n, -1, *out.fake.shape[-3:])
+                    term = fool.weighted(fakes, loss, family.last_layer(nets), step)
+                    if term is not None:
+                        loss = loss + term[0]
+                        out.stats.update(term[1])
             bad = torch.where(torch.isfinite(loss.detach()), _NEVER, step + 1)  # as logged
             first_bad[phase.name] = torch.minimum(first_bad.get(phase.name, bad), bad)
             opts[phase.opt].zero_grad(set_to_none=True)
-            loss.backward()
+            loss.sum().backward()  # instances share nothing: each gets its own gradient
             opts[phase.opt].step()
             for k, v in out.stats.items():  # phases run at intervals: count per key
-                stats_sum[k] = stats_sum.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
+                v = torch.as_tensor(v).detach().float().reshape(-1).expand(n)
+                stats_sum[k] = stats_sum.get(k, 0.0) + v
                 stats_n[k] = stats_n.get(k, 0) + 1
-        family.end_step(nets, step, batch.shape[0])
-        step += 1
-        imgs += batch.shape[0] * world  # global images
+        family.end_step(nets, step, per_instance)
+        state.step += 1
+        steps += 1
         bar.update(1)
-        if step % log_every == 0 or step % ckpt_every == 0 or step == total_steps:
+        if state.step % log_every == 0 or state.step % ckpt_every == 0 or state.step == total_steps:
             check_finite()
-        if step % log_every == 0 or step == total_steps:
-            dt = time.perf_counter() - t0
-            means = [float(v) / stats_n[k] for k, v in stats_sum.items()]
+        if state.step % log_every == 0 or state.step == total_steps:
+            dt = max(time.perf_counter() - t0, 1e-9)
+            means = {k: (v / stats_n[k]).tolist() for k, v in stats_sum.items()}
             if split:  # losses of the global batch: the mean of the ranks' means
-                means = ddp.mean_over_ranks(means)
-            record = {"step": step, "kimg": round(step * gcfg.batch_size / 1000, 3),
-                      **dict(zip(stats_sum, means, strict=True)),
-                      "img_per_s": round(imgs / max(dt, 1e-9), 2),
-                      "fool_lambda": fool.schedule.scale(step) if fool.active else 0.0}
-            if writer:
-                append_jsonl(log_path, record)
-            bar.set_postfix(img_s=f"{record['img_per_s']:.0f}")
-            stats_sum, stats_n, t0, imgs = {}, {}, time.perf_counter(), 0
-        if step % ckpt_every == 0 or step == total_steps:
-            save()
+                means = dict(zip(means, ([m] for m in ddp.mean_over_ranks(
+                    [m[0] for m in means.values()])), strict=True))
+            speed = {"img_per_s": round(steps * per_instance * world / dt, 2)}
+            if step_flops:  # the group's FLOPs against the one device's peak
+                speed["mfu"] = round(step_flops * steps * world / dt / peak, 4)
+            lam = fool.schedule.scale(state.step) if fool.active else 0.0
+            for i, log in enumerate(logs):
+                log.write({"step": state.step, "kimg": round(state.step * gcfg.batch_size / 1000, 3),
+                           **{k: m[i] for k, m in means.items()}, **speed, "fool_lambda": lam})
+            bar.set_postfix(img_s=f"{speed['img_per_s'] * n:.0f}")
+            stats_sum, stats_n, t0, steps = {}, {}, time.perf_counter(), 0
+        if state.step % ckpt_every == 0 or state.step == total_steps:
+            state.save(ckpt_path)
     bar.close()
-    summary = {"steps": step, "kimg": step * gcfg.batch_size / 1000}
+    for log in logs:
+        log.close()
+    if n > 1:  # every instance ends as an ordinary job checkpoint in its own directory
+        for i, job in enumerate(jobs):
+            if job.write_checkpoint:
+                state.save_instance(i, job.out_dir / CHECKPOINT)
+    summary = {"steps": state.step, "kimg": state.step * gcfg.batch_size / 1000}
+    if n > 1:
+        summary["group"] = [job.out_dir.name for job in jobs]
     if split:  # proof that the replicas stayed identical (a divergence would be a bug)
         digests = ddp.gather_to_rank0(ddp.parameters_digest(nets))
         summary.update(world_size=world, replica_digests=digests)
         if digests is not None and len(set(digests)) > 1:
-            warnings.warn(f"{job.out_dir}: the {world} ranks ended with different weights; "
+            warnings.warn(f"{jobs[0].out_dir}: the {world} ranks ended with different weights; "
                           "rank 0's are kept", RuntimeWarning, stacklevel=2)
-    return summary
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past `step` (written after the checkpoint a resume starts from)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if _parses(line) and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
-
-
-def _parses(line: str) -> bool:
-    """A complete JSON line (a full disk can leave a partial last one)."""
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return bool(line.strip())
-
-
-def _sampler_weights(checkpoint: Path) -> dict:
-    from gangaps.generators import load_generator
-    return load_generator(checkpoint).state_dict()
+    return [dict(summary) for _ in jobs]

@@ -1,0 +1,75 @@
+"""One instance's training log: log.jsonl, and optionally TensorBoard events beside it.
+
+TensorBoard (`gan.tensorboard: true`, `pip install gangaps[tensorboard]`) writes under
+`<instance dir>/tensorboard/`: every numeric field of every log line as a scalar (losses,
+loss_fool and fool_weight, img_per_s, mfu), and FID when it is measured (`add_scalars`).
+A resumed job purges the events written after its checkpoint, as it truncates log.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gangaps.errors import UserError
+from gangaps.io import append_jsonl, atomic_write_text
+
+TENSORBOARD = "tensorboard"
+
+
+def _writer(out_dir: Path, purge_step: int | None = None):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("gan.tensorboard: true needs TensorBoard: "
+                        "pip install 'gangaps[tensorboard]'") from None
+    return SummaryWriter(str(out_dir / TENSORBOARD), purge_step=purge_step)
+
+
+class InstanceLog:
+    def __init__(self, out_dir: Path, step: int, tensorboard: bool, enabled: bool = True) -> None:
+        self.path, self.enabled = out_dir / "log.jsonl", enabled
+        self.tb = None
+        if enabled:  # lines written after the checkpoint (or with none: all) are replayed
+            _truncate(self.path, step)
+        if enabled and tensorboard:
+            # events past the checkpoint are replayed: TensorBoard drops steps >= purge_step
+            self.tb = _writer(out_dir, purge_step=step + 1 if step > 0 else None)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        append_jsonl(self.path, record)
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float):
+                    self.tb.add_scalar(f"train/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def add_scalars(out_dir: Path, scalars: dict[str, float], step: int) -> None:
+    """Scalars measured after training (FID) into the instance's TensorBoard events."""
+    with _writer(out_dir) as tb:
+        for k, v in scalars.items():
+            tb.add_scalar(k, v, step)
+
+
+def _truncate(path: Path, step: int) -> None:
+    """Drop log lines past `step` (written after the checkpoint a resume starts from)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if _parses(line) and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+def _parses(line: str) -> bool:
+    """A complete JSON line (a full disk can leave a partial last one)."""
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return bool(line.strip())

@@ -1,0 +1,191 @@
+"""The full training state of one generator job, alone or a fused group, with save and load.
+
+A job trains n ≥ 1 instances. Each is built exactly as it would be alone (global seed, the
+family's `build`, its `init_from` weights); n > 1 fuses them (`GANFamily.fuse`). Per instance
+it keeps its own streams: data order (EpochSampler), latents and module randomness (dropout
+masks), each a seeded generator of its own, so a fused instance draws exactly what it would
+draw alone. Adam is elementwise and our optimizers have no weight decay, gradient clipping or
+other cross-parameter coupling, so one Adam over the stacked parameters is n Adams.
+
+Checkpoints: n = 1 writes today's job checkpoint; under torchrun (data-parallel, n = 1) it
+also holds every rank's own streams, RNG and buffers, gathered to rank 0. A group writes one
+checkpoint with the fused state and every instance's streams, and at the end each instance's
+ordinary checkpoint (`save_instance`), the same as a job alone would leave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gangaps.config import GANConfig
+from gangaps.data import to_model_range
+from gangaps.data.sampler import EpochSampler
+from gangaps.errors import UserError
+from gangaps.io import load_resumable, rng_state, save_state, set_rng_state
+from gangaps.models.grouped import instance_state, instance_tensor
+from gangaps.train import distributed as ddp
+from gangaps.train.family import GANFamily
+
+
+@dataclass
+class Streams:
+    """One instance's own data order, latents and dropout masks."""
+
+    sampler: EpochSampler
+    z: torch.Generator
+    masks: torch.Generator
+
+    @classmethod
+    def seeded(cls, n_real: int, batch_size: int, seed: int, device: torch.device) -> Streams:
+        masks_seed = (seed * 2_654_435_761 + 97) % 2**62  # a stream apart from the latents'
+        return cls(EpochSampler(n_real, batch_size, seed),
+                   torch.Generator(device=device).manual_seed(seed),
+                   torch.Generator(device=device).manual_seed(masks_seed))
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "z_gen": self.z.get_state(),
+                "mask_gen": self.masks.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.z.set_state(state["z_gen"])
+        if "mask_gen" in state:  # checkpoints before per-instance masks lack it
+            self.masks.set_state(state["mask_gen"])
+
+
+class TrainState:
+    """Networks, optimizers, per-instance streams, step; `jobs` carry seed and init_from."""
+
+    def __init__(self, family: GANFamily, cfg: GANConfig, jobs: Sequence, channels: int,
+                 resolution: int, n_real: int, device: torch.device, split: bool) -> None:
+        self.family, self.cfg, self.n, self.split = family, cfg, len(jobs), split
+        self.seeds = [job.seed for job in jobs]
+        self.channels, self.resolution, self.device = channels, resolution, device
+        self.world, self.rank = (ddp.world_size(), ddp.rank()) if split else (1, 0)
+        stream_seeds, self.batch_size = self.seeds, cfg.batch_size
+        if split:
+            rank_seed, self.batch_size = ddp.rank_job_settings(jobs[0].seed, cfg.batch_size)
+            stream_seeds = [rank_seed]
+        instances = []
+        for job in jobs:
+            torch.manual_seed(job.seed)  # network init (and global-RNG randomness) as alone
+            nets = family.build(cfg, channels, resolution)
+            if job.init_from is not None:
+                weights = _sampler_weights(job.init_from)
+                for k in ("G", "G_ema"):
+                    if k in nets:
+                        nets[k].load_state_dict(weights)
+            instances.append(nets)
+        self.nets = (instances[0] if self.n == 1 else family.fuse(cfg, channels, instances))
+        self.nets = self.nets.to(device)
+        self.opts = family.optimizers(cfg, self.nets)
+        if ddp.is_distributed():  # every family: one gradient average a step, one start
+            for opt in self.opts.values():
+                ddp.average_gradients_before_step(opt)  # idempotent (StyleGAN2 registers it too)
+            ddp.broadcast_module(self.nets)
+        if split:
+            torch.manual_seed(stream_seeds[0])  # per-rank noise and augmentation from here on
+        self.streams = [Streams.seeded(n_real, self.batch_size, s, device) for s in stream_seeds]
+        family.use_generators(self.nets, [s.masks for s in self.streams])
+        self.step = 0
+        self._buffers = {name for name, _ in self.nets.named_buffers()}
+
+    # -- one step's inputs: each instance's own ------------------------------------------
+    def real_batch(self, real: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] alone, [n, B, C, H, W] for a group, in the model's range."""
+        idx = [s.sampler.next() for s in self.streams]
+        x = real[idx[0]] if self.n == 1 else torch.stack([real[i] for i in idx])
+        return to_model_range(x.to(self.device, non_blocking=True))
+
+    def latents(self, batch: int) -> torch.Tensor:
+        z = [torch.randn(batch, self.cfg.z_dim, device=self.device, generator=s.z)
+             for s in self.streams]
+        return z[0] if self.n == 1 else torch.stack(z)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _spec(self, seed: int | None = None) -> dict:
+        spec = {"gan": self.cfg.model_dump(mode="json"), "channels": self.channels,
+                "resolution": self.resolution}
+        return {**spec, "seed": seed} if seed is not None else {**spec, "seeds": self.seeds}
+
+    def save(self, path: Path) -> None:
+        """Write the full state (under torchrun a collective: every rank calls it)."""
+        ranks = None
+        if self.split:
+            ranks = ddp.gather_to_rank0({
+                **self.streams[0].state_dict(), "rng": rng_state(),
+                "buffers": {k: v.detach().cpu() for k, v in self.nets.state_dict().items()
+                            if k in self._buffers}})
+        if self.rank != 0:
+            return
+        state = {"nets": self.nets.state_dict(), "rng": rng_state(), "step": self.step,
+                 "opts": {k: o.state_dict() for k, o in self.opts.items()}}
+        if self.n == 1:  # the format of one job's checkpoint (what load_generator reads)
+            state.update(spec=self._spec(self.seeds[0]), **self.streams[0].state_dict())
+        else:
+            state.update(spec=self._spec(), streams=[s.state_dict() for s in self.streams])
+        if self.split:
+            state.update(world_size=self.world, ranks=ranks)
+        save_state(path, state, keep_previous=True)
+
+    def load(self, path: Path) -> bool:
+        """Resume from `path` if it exists (all ranks take the same branch); True if resumed."""
+        state = load_resumable(path)  # a damaged newest checkpoint falls back to the previous
+        resume = state is not None
+        if self.split:
+            resume = ddp.agree(resume)
+        if not resume:
+            return False
+        if state.get("world_size", 1) != self.world:
+            raise UserError(f"{path} was written by {state.get('world_size', 1)} "
+                            f"process(es); resume it with the same number (now {self.world})")
+        if state["spec"].get("seeds", [state["spec"].get("seed")]) != self.seeds:
+            raise UserError(f"{path} holds instances of other seeds; it is not this job's")
+        self.nets.load_state_dict(state["nets"])
+        for k, opt in self.opts.items():
+            opt.load_state_dict(state["opts"][k])
+        if self.n == 1:
+            own = state["ranks"][self.rank] if self.split else state
+            if self.split:  # this rank's own buffers (BatchNorm statistics, running means)
+                self.nets.load_state_dict({**self.nets.state_dict(), **own["buffers"]})
+            self.streams[0].load_state_dict(own)
+            set_rng_state(own["rng"])
+        else:
+            for s, own in zip(self.streams, state["streams"], strict=True):
+                s.load_state_dict(own)
+            set_rng_state(state["rng"])
+        self.step = state["step"]
+        return True
+
+    def instance(self, i: int) -> nn.ModuleDict:
+        """Instance i as the family's ordinary networks (a copy; CPU)."""
+        if self.n == 1:
+            return self.nets
+        with torch.random.fork_rng(devices=[]):  # building draws init weights: keep the RNG
+            nets = self.family.build(self.cfg, self.channels, self.resolution)
+        fused = {k: v.detach().cpu() for k, v in self.nets.state_dict().items()}
+        nets.load_state_dict(instance_state(fused, i, self.n, nets.state_dict()))
+        return nets
+
+    def save_instance(self, i: int, path: Path) -> None:
+        """Instance i's ordinary job checkpoint, as if it had been trained alone."""
+        nets = self.instance(i)
+        opts = {}
+        for k, opt in self.opts.items():
+            sd, like = opt.state_dict(), list(nets[k].parameters())  # same order as fused
+            opts[k] = {"param_groups": sd["param_groups"], "state": {
+                idx: {name: instance_tensor(t.cpu(), i, self.n, like[idx].shape)
+                      for name, t in moments.items()} for idx, moments in sd["state"].items()}}
+        save_state(path, {"spec": self._spec(self.seeds[i]), "nets": nets.state_dict(),
+                          "opts": opts, **self.streams[i].state_dict(), "rng": rng_state(),
+                          "step": self.step})
+
+
+def _sampler_weights(checkpoint: Path) -> dict:
+    from gangaps.generators import load_generator
+    return load_generator(checkpoint).state_dict()
