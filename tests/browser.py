@@ -7,9 +7,11 @@ exceptions and failed loads the browser reported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -35,6 +37,7 @@ class _Pipe:
              "--no-first-run", "--allow-file-access-from-files", f"--user-data-dir={profile}",
              "about:blank"],
             close_fds=False, preexec_fn=fds,  # (close_fds would run after fds() and undo it)
+            start_new_session=True,  # its own process group: close() stops its helpers too
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_chrome_r)
         os.close(from_chrome_w)
@@ -79,7 +82,8 @@ class _Pipe:
         raise TimeoutError(method)
 
     def close(self) -> None:
-        self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # renderers still write the profile
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         os.close(self._to_chrome)
         os.close(self._from_chrome)
@@ -102,7 +106,8 @@ def open_page(url: str, script: str, browser: str | None = None) -> tuple[object
     browser = browser or find_browser()
     if browser is None:
         raise FileNotFoundError("no Chromium found")
-    with tempfile.TemporaryDirectory() as profile:
+    # a helper the kill missed may still write the profile as it is removed: not our failure
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         pipe = _Pipe(browser, profile)
         try:
             target = next(t for t in pipe.send("Target.getTargets")["targetInfos"]

@@ -11,6 +11,7 @@ process computes again.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from pathlib import Path
 
@@ -173,6 +174,8 @@ def _generators(ctx: JobContext, specs: tuple[GeneratorSpec, ...]) -> None:
             summary.update(seed=spec.seed, split=spec.split, seconds=time.perf_counter() - t0,
                            fool_targets=[list(t) for t in spec.fool_targets], resumed=resumed)
             store.mark_done(out, summary)
+        if group_dir is not None:  # every member is its own finished job now
+            shutil.rmtree(group_dir, ignore_errors=True)
     ddp.on_rank0(finish)
 
 
