@@ -21,6 +21,7 @@ TINY = {
     "classifier_training.lr": 1e-3, "classifiers.0.options.width": 4,
     "classifiers.1.options.width": 4, "evaluation.n_fake": 100, "evaluation.n_real": 100,
     "evaluation.fid": "none", "evaluation.bootstrap": 10, "device": "cpu",
+    "gan.group_size": 1,  # single generator jobs; fused groups: test_a_killed_group_resumes...
 }
 
 
@@ -105,14 +106,16 @@ def schedule(n_kills: int, seed: int) -> list[tuple[str, str]]:
             return [all_m[i][:2] for i in picks]
 
 
-def kill_and_resume(out: Path, plan: list[tuple[str, str]], log=None) -> list[dict]:
-    """Run `out` once per moment of `plan` with the crash hook set; returns one row per kill.
-    Asserts every kill landed (the process died of SIGKILL) and no finished job was redone."""
+def kill_and_resume(out: Path, plan: list[tuple[str, str]], log=None,
+                    extra: tuple[str, ...] = ()) -> list[dict]:
+    """Run `out` (with overrides `extra`) once per moment of `plan` with the crash hook set;
+    returns one row per kill. Asserts every kill landed (the process died of SIGKILL) and no
+    finished job was redone."""
     import time
     rows, kept = [], {}
     for i, (stage, spec) in enumerate(plan):
         t0 = time.perf_counter()
-        res = run(out, GANGAPS_CRASH_AT=spec)
+        res = run(out, *extra, GANGAPS_CRASH_AT=spec)
         row = {"kill": i + 1, "stage": stage, "at": spec, "rc": res.returncode,
                "seconds": round(time.perf_counter() - t0, 1)}
         assert res.returncode == -9, f"kill {i + 1} at {spec} did not land: {row} {res.stderr[-800:]}"
@@ -124,7 +127,7 @@ def kill_and_resume(out: Path, plan: list[tuple[str, str]], log=None) -> list[di
         rows.append(row)
         if log:
             log(row)
-    res = run(out)
+    res = run(out, *extra)
     assert res.returncode == 0, res.stderr[-2000:]
     now = finished_jobs(out)
     assert all(now.get(p) == v for p, v in kept.items()), "the final rerun redid finished jobs"

@@ -26,7 +26,9 @@ ray = pytest.importorskip("ray")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "mnist-dcgan.yaml")
-OVERRIDES = tiny_overrides(**{"evaluation.fid": "lenet"})
+# groups of two: the train instances 0+1 fused, the held-out 2 alone (classifiers need not
+# wait for it)
+OVERRIDES = tiny_overrides(**{"evaluation.fid": "lenet", "gan.group_size": 2})
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,7 @@ def test_ray_gives_the_records_of_local(cluster, local_run, data_root, tmp_path)
     assert _run(out, data_root, "--executor", "ray") == 0
     assert _values(out) == _values(local_run)  # exact, record for record
     log = _log(out)
-    assert len(log) == 24 and {r["pid"] for r in log}.isdisjoint({os.getpid()})
+    assert len(log) == 22 and {r["pid"] for r in log}.isdisjoint({os.getpid()})
     assert {r["threads"] for r in log} == {1}  # resources.cpus=1: one torch thread per job
     # the overlap the graph allows: a job of iteration 1 starts before iteration 0's last ends
     end0 = max(r["end"] for r in log if r["iteration"] == 0)
@@ -89,14 +91,14 @@ def test_ray_gives_the_records_of_local(cluster, local_run, data_root, tmp_path)
 
 def test_sigkilled_worker_is_retried_and_resumes(cluster, local_run, data_root, tmp_path):
     out = tmp_path / "killed"
-    gen = out / "iter_00" / "gen_01"
+    gen, group = out / "iter_00" / "gen_01", out / "iter_00" / "group_00-01"
     killed: dict = {}
 
-    def killer() -> None:  # SIGKILL the worker training gen_01 once it has a checkpoint
+    def killer() -> None:  # SIGKILL the worker training gen_00+01 once it has a checkpoint
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             holder = lock_holder(gen / ".lock")
-            if holder and (gen / "checkpoint.safetensors").exists():
+            if holder and (group / "checkpoint.safetensors").exists():
                 killed.update(holder, done_before={p: p.stat().st_mtime_ns
                                                    for p in out.rglob("DONE")})
                 os.kill(holder["pid"], signal.SIGKILL)
@@ -113,7 +115,8 @@ def test_sigkilled_worker_is_retried_and_resumes(cluster, local_run, data_root, 
     assert summary["resumed"] is True  # the retry continued from the checkpoint
     for path, mtime in killed["done_before"].items():  # finished jobs were not redone
         assert path.stat().st_mtime_ns == mtime
-    assert [r["job"] for r in _log(out)].count("iter_00/gen_01") == 1
+    assert [r["job"] for r in _log(out)].count("iter_00/gen_00+01") == 1
+    assert not group.exists()  # removed once both members were done
     assert _values(out) == _values(local_run)
 
 

@@ -36,3 +36,19 @@ def test_killed_run_resumes_to_identical_results(reference, tmp_path):
     assert [r["rc"] for r in rows] == [-9] * len(plan)
     assert len(rb.records(reference)) > 20
     assert rb.records(out) == rb.records(reference)
+
+
+def test_a_killed_group_resumes_to_the_uninterrupted_groups_results(tmp_path):
+    """Fused groups of two (both instances of an iteration): killed inside the group's
+    checkpoint write, mid-training, and between its members' DONE markers."""
+    group = ("gan.group_size=2",)
+    reference = tmp_path / "reference"
+    assert rb.run(reference, *group).returncode == 0
+    assert not (reference / "iter_00" / "group_00-01").exists()  # removed when both are done
+    plan = [("checkpoint write", "iter_00/group_00-01/checkpoint.safetensors:2"),
+            ("generator training", "iter_01/gen_01/log.jsonl:3"),
+            ("DONE write", "iter_01/gen_01/DONE:1")]  # gen_00 is done, gen_01 not yet
+    out = tmp_path / "killed"
+    rb.kill_and_resume(out, plan, extra=group)  # also: the finished gen_00 is not redone
+    assert rb.records(out) == rb.records(reference)
+    assert not (out / "iter_01" / "group_00-01").exists()

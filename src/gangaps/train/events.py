@@ -3,12 +3,15 @@
 TensorBoard (`gan.tensorboard: true`, `pip install gangaps[tensorboard]`) writes under
 `<instance dir>/tensorboard/`: every numeric field of every log line as a scalar (losses,
 loss_fool and fool_weight, img_per_s, mfu), and FID when it is measured (`add_scalars`).
-A resumed job purges the events written after its checkpoint, as it truncates log.jsonl.
+A resumed job truncates log.jsonl to its checkpoint and rewrites the training events from
+it, in one new file: TensorBoard orders event files by name (a timestamp in seconds, then the
+pid), so events appended by the resumed process could otherwise be read before older ones.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from gangaps.errors import UserError
@@ -17,33 +20,39 @@ from gangaps.io import append_jsonl, atomic_write_text
 TENSORBOARD = "tensorboard"
 
 
-def _writer(out_dir: Path, purge_step: int | None = None):
+def _writer(out_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("gan.tensorboard: true needs TensorBoard: "
                         "pip install 'gangaps[tensorboard]'") from None
-    return SummaryWriter(str(out_dir / TENSORBOARD), purge_step=purge_step)
+    return SummaryWriter(str(out_dir / TENSORBOARD))
 
 
 class InstanceLog:
     def __init__(self, out_dir: Path, step: int, tensorboard: bool, enabled: bool = True) -> None:
         self.path, self.enabled = out_dir / "log.jsonl", enabled
         self.tb = None
-        if enabled:  # lines written after the checkpoint (or with none: all) are replayed
-            _truncate(self.path, step)
-        if enabled and tensorboard:
-            # events past the checkpoint are replayed: TensorBoard drops steps >= purge_step
-            self.tb = _writer(out_dir, purge_step=step + 1 if step > 0 else None)
+        if not enabled:
+            return
+        kept = _truncate(self.path, step)  # lines after the checkpoint (none: all) are replayed
+        if tensorboard:
+            shutil.rmtree(out_dir / TENSORBOARD, ignore_errors=True)
+            self.tb = _writer(out_dir)
+            for record in kept:
+                self._add(record)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         append_jsonl(self.path, record)
         if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, int | float):
-                    self.tb.add_scalar(f"train/{k}", v, record["step"])
+            self._add(record)
+
+    def _add(self, record: dict) -> None:
+        for k, v in record.items():
+            if k != "step" and isinstance(v, int | float):
+                self.tb.add_scalar(f"train/{k}", v, record["step"])
 
     def close(self) -> None:
         if self.tb is not None:
@@ -57,13 +66,15 @@ def add_scalars(out_dir: Path, scalars: dict[str, float], step: int) -> None:
             tb.add_scalar(k, v, step)
 
 
-def _truncate(path: Path, step: int) -> None:
-    """Drop log lines past `step` (written after the checkpoint a resume starts from)."""
+def _truncate(path: Path, step: int) -> list[dict]:
+    """Drop log lines past `step` (written after the checkpoint a resume starts from); the
+    lines kept."""
     if not path.exists():
-        return
+        return []
     keep = [line for line in path.read_text().splitlines()
             if _parses(line) and json.loads(line).get("step", 0) <= step]
     atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+    return [json.loads(line) for line in keep]
 
 
 def _parses(line: str) -> bool:
