@@ -244,15 +244,20 @@ def test_a_run_records_its_group_size_and_refuses_another(data_root, tmp_path):
     assert open_and_close() == 1
 
 
-def test_status_names_the_group_of_an_interrupted_instance(tmp_path):
-    from gangaps.experiment.status import _job_state
+def test_status_names_the_group_of_an_interrupted_instance(data_root, tmp_path):
+    from gangaps.config import to_yaml
+    from gangaps.experiment.status import status_text
     from gangaps.experiment.store import RunStore
+    from gangaps.io import atomic_write_text
     store = RunStore(tmp_path)
-    (tmp_path / "iter_00" / "group_00-02").mkdir(parents=True)
+    atomic_write_text(store.config_path, to_yaml(_cfg(data_root, **{"experiment.instances": 4})))
     for n in range(4):
-        (tmp_path / "iter_00" / f"gen_{n:02d}").mkdir()
-    assert _job_state(store, tmp_path / "iter_00" / "gen_01", running=False) == "pending"
+        (tmp_path / "iter_00" / f"gen_{n:02d}").mkdir(parents=True)
+    (tmp_path / "iter_00" / "group_00-02").mkdir()
+    assert "interrupted" not in status_text(tmp_path)
     (tmp_path / "iter_00" / "group_00-02" / CHECKPOINT).write_bytes(b"x")
-    assert _job_state(store, tmp_path / "iter_00" / "gen_01", running=False) == \
-        "interrupted (resumes from checkpoint) in group_00-02"
-    assert _job_state(store, tmp_path / "iter_00" / "gen_03", running=False) == "pending"
+    iteration0 = status_text(tmp_path).split("iteration 1:")[0]
+    lines = {ln.split()[0]: ln for ln in iteration0.splitlines() if "gen_" in ln}
+    for n in range(3):
+        assert lines[f"gen_{n:02d}"].endswith("interrupted (resumes from checkpoint) in group_00-02")
+    assert lines["gen_03"].endswith("pending")

@@ -17,23 +17,11 @@ def _where(holder: dict) -> str:
     return f"running on {holder.get('host', '?')} (pid {holder.get('pid', '?')}, {since:.0f}s)"
 
 
-def _group_of(job_dir: Path) -> Path | None:
-    """The fused group directory (iter_KK/group_NN-MM) that trains generator job_dir, if any."""
-    if not job_dir.name.startswith("gen_"):
-        return None
-    n = int(job_dir.name.removeprefix("gen_"))
-    for d in job_dir.parent.glob("group_*-*"):
-        lo, _, hi = d.name.removeprefix("group_").partition("-")
-        if lo.isdigit() and hi.isdigit() and int(lo) <= n <= int(hi):
-            return d
-    return None
-
-
-def _job_state(store: RunStore, job_dir: Path, running: bool) -> str:
+def _job_state(store: RunStore, job_dir: Path, running: bool, group: Path | None = None) -> str:
+    """`group`: the fused group directory training this generator, if there is one."""
     if store.is_done(job_dir):
         s = store.done_summary(job_dir)
         return f"done ({s.get('seconds', 0):.0f}s)"
-    group = _group_of(job_dir)
     in_group = f" in {group.name}" if group is not None else ""
     holder = lock_holder(job_dir / LOCK)  # whoever trains it now, on any node
     if holder is not None:
@@ -52,12 +40,14 @@ def status_text(run_dir: Path) -> str:
     total = done = 0
     for k in range(cfg.experiment.iterations):
         lines.append(f"iteration {k}:")
-        jobs = [(f"gen_{g.instance:02d} [{g.split}]", store.generator_dir(k, g.instance))
+        groups = store.group_dirs(k)
+        jobs = [(f"gen_{g.instance:02d} [{g.split}]", store.generator_dir(k, g.instance),
+                 next((d for d, members in groups.items() if g.instance in members), None))
                 for g in generator_specs(cfg, k)]
-        jobs += [(f"{c.clf_id} [{c.role}]", store.classifier_dir(k, c.clf_id))
+        jobs += [(f"{c.clf_id} [{c.role}]", store.classifier_dir(k, c.clf_id), None)
                  for c in classifier_specs(cfg, k)]
-        for name, job_dir in jobs:
-            state = _job_state(store, job_dir, pid is not None)
+        for name, job_dir, group in jobs:
+            state = _job_state(store, job_dir, pid is not None, group)
             if state.startswith("done") and job_dir.name.startswith("clf_"):
                 s = read_json(job_dir / "DONE")
                 state += f", val accuracy {s.get('val_accuracy', float('nan')):.3f}"

@@ -54,6 +54,16 @@ class RunStore:
     def group_dir(self, k: int, instances: list[int]) -> Path:
         return self.iteration_dir(k) / f"group_{instances[0]:02d}-{instances[-1]:02d}"
 
+    def group_dirs(self, k: int) -> dict[Path, range]:
+        """Iteration k's fused-group directories (there while a member is unfinished) and the
+        instances each trains."""
+        out = {}
+        for d in sorted(self.iteration_dir(k).glob("group_*-*")):
+            lo, _, hi = d.name.removeprefix("group_").partition("-")
+            if lo.isdigit() and hi.isdigit():
+                out[d] = range(int(lo), int(hi) + 1)
+        return out
+
     def classifier_dir(self, k: int, clf_id: str) -> Path:
         return self.iteration_dir(k) / clf_id
 

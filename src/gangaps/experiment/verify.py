@@ -62,11 +62,6 @@ def _job(job: Path, finished_files: list[str]) -> tuple[int, list[str]]:
     return checked, problems
 
 
-def _members(group_dir: Path) -> range:
-    lo, _, hi = group_dir.name.removeprefix("group_").partition("-")
-    return range(int(lo), int(hi) + 1) if lo.isdigit() and hi.isdigit() else range(0)
-
-
 def verify_run(run_dir: Path) -> tuple[int, list[str]]:
     """(files checked, one line per problem) for every artifact of the run in `run_dir`."""
     store = RunStore(run_dir)
@@ -77,8 +72,8 @@ def verify_run(run_dir: Path) -> tuple[int, list[str]]:
         jobs = [(store.generator_dir(k, g.instance), [CHECKPOINT]) for g in generator_specs(cfg, k)]
         jobs += [(store.classifier_dir(k, c.clf_id), [FINAL]) for c in classifier_specs(cfg, k)]
         # a fused group's checkpoint, while one of its members is unfinished
-        jobs += [(d, []) for d in sorted(store.iteration_dir(k).glob("group_*-*"))
-                 if not all(RunStore.is_done(store.generator_dir(k, n)) for n in _members(d))]
+        jobs += [(d, []) for d, members in store.group_dirs(k).items()
+                 if not all(RunStore.is_done(store.generator_dir(k, n)) for n in members)]
         for job, files in jobs:
             n, p = _job(job, files)
             checked, problems = checked + n, problems + p
