@@ -71,6 +71,11 @@ def test_report_and_status(finished_run):
     assert res.returncode == 0
     assert "12/12 training jobs done" in res.stdout  # 3 generators + 3 classifiers, twice
     assert res.stdout.count("done (") == 12
+    # into a pipe whose reader has gone (`gangaps status RUN | head -1`): quiet, exit 0
+    proc = subprocess.Popen([sys.executable, "-m", "gangaps.cli", "status", str(finished_run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0 and proc.stderr.read() == b""
 
 
 def test_rerun_of_a_finished_run_redoes_nothing(finished_run, data_root):

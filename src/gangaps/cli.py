@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gangaps: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `gangaps status RUN | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     return rc or 0
 
 
