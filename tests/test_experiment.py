@@ -177,16 +177,21 @@ def test_generate_writes_seeded_samples_as_pngs_or_npz(finished_run, tmp_path, c
     assert main([*base, "--n", "7", "--out", str(tmp_path / "a.npz"), "--seed", "3",
                  "--batch-size", "2"]) == 0
     assert main(["generate", str(ckpt), "--n", "7", "--out", str(tmp_path / "b.npz"),
-                 "--seed", "3", "-q"]) == 0
+                 "--seed", "3", "-q", "--batch-size", "2"]) == 0
     assert main([*base, "--n", "7", "--out", str(tmp_path / "c.npz"), "--seed", "4"]) == 0
     pngs = sorted((tmp_path / "png").glob("*.png"))
     assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(7)]
     a, b = (np.load(tmp_path / f"{x}.npz")["arr_0"] for x in "ab")
     assert a.shape == (7, 28, 28, 1) and a.dtype == np.uint8
     assert np.array_equal(a, b)  # run + coordinates and the checkpoint file: same images
-    assert np.array_equal(a[..., 0], np.stack([np.asarray(Image.open(p)) for p in pngs]))
+
+    def close(x, y) -> bool:  # other batch sizes: other conv kernels, so a rounding may flip
+        d = np.abs(x.astype(int) - y.astype(int))
+        return d.max() <= 1 and (d == 0).mean() > 0.99
+
+    assert close(a[..., 0], np.stack([np.asarray(Image.open(p)) for p in pngs]))
     ref = generate(load_generator(ckpt), 7, seed=3)
-    assert np.array_equal(a, ref.permute(0, 2, 3, 1).numpy())
+    assert close(a, ref.permute(0, 2, 3, 1).numpy())
     assert not np.array_equal(a, np.load(tmp_path / "c.npz")["arr_0"])  # another seed
     capsys.readouterr()
     for bad in (["generate", str(finished_run), "--n", "3", "--out", str(tmp_path / "x")],

@@ -205,3 +205,21 @@ def test_verify_an_intact_run(reference, capsys):
     assert main(["verify", str(reference)]) == 0
     out = capsys.readouterr().out
     assert "all intact" in out and len(out.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a result"])
+def test_a_damaged_evaluation_file_is_one_line_and_redone_after_deleting_it(reference, tmp_path,
+                                                                           capsys, damage):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    bad = sorted((out / "iter_01" / "eval").glob("*.json"))[0]
+    text = bad.read_text()
+    bad.write_text(text[: len(text) // 2] if damage == "truncated" else '["no", "keys"]')
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "delete it" in err[0], err
+    assert main(["verify", str(out)]) == 1 and str(bad) in capsys.readouterr().out
+    bad.unlink()  # the advice works: the same command redoes that one evaluation
+    assert rb.run(out).returncode == 0
+    assert json.loads(bad.read_text()) == json.loads(text)
+    assert rb.records(out) == rb.records(reference)

@@ -22,10 +22,10 @@ from gangaps.train.gan import CHECKPOINT
 
 def _json_problem(path: Path) -> str | None:
     try:
-        json.loads(path.read_text("utf-8"))
+        obj = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return f"not valid JSON ({e.__class__.__name__})"
-    return None
+    return None if isinstance(obj, dict) else "not a JSON object"  # every file of a run is one
 
 
 def _png_problem(path: Path) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import gangaps
+from gangaps.errors import UserError
 from gangaps.experiment.store import RunStore
 from gangaps.io import atomic_write_json, read_json
 from gangaps.report.findings import findings
@@ -23,27 +24,40 @@ def collect_records(store: RunStore) -> list[dict]:
     run = {"run": cfg.name, "fool_mode": cfg.experiment.fool_mode,
            "fool_lambda": cfg.experiment.fool_lambda}
     records = []
-    for path in store.quality_files():
-        q = read_json(path)
-        base = {k: q[k] for k in GEN_KEYS} | dict.fromkeys(CLF_KEYS)
-        for metric, value in q.items():
-            if isinstance(value, (int, float)) and metric not in GEN_KEYS and metric != "n_fake":
-                extra = {"protocol": q["protocol"]} if "protocol" in q else {}
-                records.append({"metric": metric, "value": float(value), **base, **run,
-                                "n_fake": q.get("n_fake"), **extra})
-    for path in store.eval_files():
-        e = read_json(path)
-        base = {k: e[k] for k in GEN_KEYS + CLF_KEYS}
-        for metric, value in e["metrics"].items():
-            if isinstance(value, list):
-                continue  # confidence intervals ride along with their metric below
-            ci = e["metrics"].get(f"{metric}_ci95")
-            rec = {"metric": metric, "value": float(value), **base, **run,
-                   "n_real": e["n_real"], "n_fake": e["n_fake"]}
-            if ci:
-                rec["ci95"] = ci
-            records.append(rec)
+    for path, records_of in [*((p, _quality_records) for p in store.quality_files()),
+                             *((p, _eval_records) for p in store.eval_files())]:
+        try:
+            records += records_of(read_json(path), run)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            reason = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+            raise UserError(f"{path}: damaged result ({reason}); delete it and run the same "
+                            "command again to redo that evaluation") from None
     return records
+
+
+def _quality_records(q: dict, run: dict) -> list[dict]:
+    base = {k: q[k] for k in GEN_KEYS} | dict.fromkeys(CLF_KEYS)
+    extra = {"protocol": q["protocol"]} if "protocol" in q else {}
+    return [{"metric": metric, "value": float(value), **base, **run, "n_fake": q.get("n_fake"),
+             **extra}
+            for metric, value in q.items()
+            if isinstance(value, (int, float)) and metric not in GEN_KEYS and metric != "n_fake"]
+
+
+def _eval_records(e: dict, run: dict) -> list[dict]:
+    base = {k: e[k] for k in GEN_KEYS + CLF_KEYS}
+    out = []
+    for metric, value in e["metrics"].items():
+        if isinstance(value, list):
+            continue  # confidence intervals ride along with their metric below
+        ci = e["metrics"].get(f"{metric}_ci95")
+        rec = {"metric": metric, "value": float(value), **base, **run,
+               "n_real": e["n_real"], "n_fake": e["n_fake"]}
+        if ci:
+            rec["ci95"] = ci
+        out.append(rec)
+    return out
 
 
 def write_results(store: RunStore, path: Path | None = None) -> dict:
