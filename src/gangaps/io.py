@@ -125,6 +125,21 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text("utf-8"))
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The whole lines of a JSONL file ([] if there is none): a crash or a full disk can cut
+    the last line, which is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text("utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one line; a crash can lose the last line but never corrupt earlier ones."""
     path = Path(path)

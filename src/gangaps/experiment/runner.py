@@ -137,15 +137,13 @@ def _job_device(cfg: Config, local: bool) -> torch.device:
 
 def _resolve_group_size(cfg: Config, out: str | Path, device: torch.device) -> Config:
     """`gan.group_size: auto` made a number: an existing run's own (so it resumes anywhere as
-    it was grouped; one made before groups existed says auto: one at a time), else by device."""
+    it was grouped), else by device."""
     size = cfg.gan.group_size
     if size == "auto":
         try:
-            stored = RunStore(out).load_config().gan.group_size
+            size = RunStore(out).load_config().gan.group_size
         except UserError:  # a new run (or one that open_run will refuse with its reason)
-            stored = None
-        size = {None: None, "auto": 1}.get(stored, stored) or group_size(
-            cfg.gan, device, cfg.experiment.instances)
+            size = group_size(cfg.gan, device, cfg.experiment.instances)
     else:
         size = group_size(cfg.gan, device, cfg.experiment.instances)  # checks the family
     cfg = cfg.model_copy(deep=True)

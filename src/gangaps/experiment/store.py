@@ -121,7 +121,10 @@ class RunStore:
             raise CorruptFile(self.config_path, "damaged run config (not valid YAML)") from None
         if not isinstance(tree, dict):
             raise CorruptFile(self.config_path, "damaged run config (not a mapping)")
-        return from_dict(tree)
+        cfg = from_dict(tree)
+        if cfg.gan.group_size == "auto":  # a run made before fused groups: one at a time
+            cfg.gan.group_size = 1
+        return cfg
 
     def check_config(self, cfg: Config) -> bool:
         """UserError unless `cfg` can run here: a new run, the same config, or an extended one
@@ -253,8 +256,6 @@ def _comparable(cfg: Config) -> dict:
     flat = _flatten(cfg.model_dump(mode="json", exclude={"resources"}))
     flat.pop("device", None)
     flat.pop("gan.tensorboard", None)
-    if flat.get("gan.group_size") == "auto":  # stored by a run made before groups: one at a time
-        flat["gan.group_size"] = 1
     return flat
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import gangaps
 from gangaps.experiment.plan import generator_specs
 from gangaps.experiment.store import RunStore
-from gangaps.io import atomic_write_text
+from gangaps.io import atomic_write_text, read_jsonl
 from gangaps.report import figures, tables
 from gangaps.report.results import write_results
 
@@ -85,7 +85,7 @@ def build_report(run_dir: str | Path) -> Path:
     logs, grids = {}, {}
     for k in range(K):
         dirs = [store.generator_dir(k, g.instance) for g in generator_specs(cfg, k)]
-        logs[k] = [figures.read_jsonl(d / "log.jsonl") for d in dirs]
+        logs[k] = [read_jsonl(d / "log.jsonl") for d in dirs]
         grids[k] = [d / "samples.png" for d in dirs]
     figs = [
         (figures.fid_by_iteration(records, K, fig_dir / "fid.png"),

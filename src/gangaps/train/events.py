@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from gangaps.errors import UserError
-from gangaps.io import append_jsonl, atomic_write_text
+from gangaps.io import append_jsonl, atomic_write_text, read_jsonl
 
 TENSORBOARD = "tensorboard"
 
@@ -69,18 +69,7 @@ def add_scalars(out_dir: Path, scalars: dict[str, float], step: int) -> None:
 def _truncate(path: Path, step: int) -> list[dict]:
     """Drop log lines past `step` (written after the checkpoint a resume starts from); the
     lines kept."""
-    if not path.exists():
-        return []
-    keep = [line for line in path.read_text().splitlines()
-            if _parses(line) and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
-    return [json.loads(line) for line in keep]
-
-
-def _parses(line: str) -> bool:
-    """A complete JSON line (a full disk can leave a partial last one)."""
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return bool(line.strip())
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    if path.exists():
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
