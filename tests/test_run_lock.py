@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gangaps.config import Config
 from gangaps.errors import UserError
 from gangaps.experiment.store import RunStore
 
@@ -28,6 +29,22 @@ def test_live_writer_is_refused(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_run_writing_its_first_config_is_named_not_called_foreign(tmp_path: Path) -> None:
+    """The instant between a writer's lock and its config.yaml: only the lock and the config's
+    temporary file exist. A second run must name the writer, not call the directory foreign."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        store = _locked_by(tmp_path, proc.pid)
+        (tmp_path / ".config.yaml.k2j4.tmp").write_text("experiment:\n")
+        with pytest.raises(UserError, match=f"being written by process {proc.pid}"):
+            store.check_config(Config())
+    finally:
+        proc.kill()
+        proc.wait()
+    with pytest.raises(UserError, match="is not a gangaps run"):  # the writer is gone
+        store.check_config(Config())
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombie detection reads /proc")

@@ -141,8 +141,16 @@ class RunStore:
             raise UserError(f"{self.root} holds a run with a different config ({problem}); "
                             "use another --out or the same settings to resume")
         if self.root.exists() and any(p.name != self.lock_path.name for p in self.root.iterdir()):
+            self._refuse_if_locked()  # a run starting this instant: its config is not there yet
             raise UserError(f"{self.root} exists and is not a gangaps run; choose another --out")
         return True
+
+    def _refuse_if_locked(self) -> None:
+        """UserError naming the writer when a live process holds the lock. Its pid is in the
+        lock file before it writes anything else, and reading it never disturbs its flock."""
+        pid = self.running_pid()
+        if pid and pid != os.getpid():
+            raise UserError(f"{self.root} is being written by process {pid}")
 
     def check_or_write_config(self, cfg: Config) -> None:
         """A new run writes its config; an extended one replaces the stored one, atomically
