@@ -69,25 +69,26 @@ def test_nan_in_generator_or_classifier_training_stops_the_run_with_one_line(tmp
 # -- one writer per run --------------------------------------------------------------------------
 
 
-def _try_lock(root: str, start: float, results) -> None:
+def _try_lock(root: str, start: float, results, all_tried) -> None:
     time.sleep(max(0.0, start - time.time()))
     try:
         RunStore(root).acquire()
         results.put("locked")
-        time.sleep(1.5)  # hold it while the others try
+        all_tried.wait(60)  # hold it until every other writer has tried, however late it starts
     except UserError as e:
         results.put(str(e))
 
 
 def test_of_eight_writers_started_at_once_exactly_one_gets_the_lock(tmp_path):
     ctx = mp.get_context("fork")
-    results = ctx.Queue()
+    results, all_tried = ctx.Queue(), ctx.Event()
     start = time.time() + 0.5
-    procs = [ctx.Process(target=_try_lock, args=(str(tmp_path / "run"), start, results))
+    procs = [ctx.Process(target=_try_lock, args=(str(tmp_path / "run"), start, results, all_tried))
              for _ in range(8)]
     for p in procs:
         p.start()
-    got = [results.get(timeout=30) for _ in procs]
+    got = [results.get(timeout=60) for _ in procs]
+    all_tried.set()
     for p in procs:
         p.join()
     assert got.count("locked") == 1
