@@ -150,7 +150,7 @@ class RunStore:
         lock file before it writes anything else, and reading it never disturbs its flock."""
         pid = self.running_pid()
         if pid and pid != os.getpid():
-            raise UserError(f"{self.root} is being written by process {pid}")
+            raise self._busy(pid)
 
     def check_or_write_config(self, cfg: Config) -> None:
         """A new run writes its config; an extended one replaces the stored one, atomically
@@ -176,8 +176,7 @@ class RunStore:
             except BlockingIOError:
                 pid = _read_pid(fd)
                 os.close(fd)
-                raise UserError(f"{self.root} is being written by process "
-                                f"{pid or '(starting)'}") from None
+                raise self._busy(pid or "(starting)") from None
             try:  # the holder before us may have removed the file: lock the one on disk
                 same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
             except FileNotFoundError:
@@ -188,10 +187,13 @@ class RunStore:
         pid = _read_pid(fd)  # a writer that locks without flock (older gangaps) still counts
         if pid and pid != os.getpid() and _alive(pid):
             os.close(fd)
-            raise UserError(f"{self.root} is being written by process {pid}")
+            raise self._busy(pid)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         _HELD[key] = fd
+
+    def _busy(self, pid: int | str) -> UserError:
+        return UserError(f"{self.root} is being written by process {pid}")
 
     def release(self) -> None:
         fd = _HELD.pop(str(self.lock_path.absolute()), None)
