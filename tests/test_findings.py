@@ -53,7 +53,7 @@ def no_gaps(i, cid, j):
 
 
 def test_every_claim_supported_where_the_records_show_it():
-    v = verdicts(synthetic(gapped, fid=lambda k, n: 300.0 + 10 * n + 16 * k))
+    v = verdicts(synthetic(gapped, fid=lambda k, n: 300.0 + 10 * n + 40 * k))
     assert v == {"H1": "supported", "Fooling": "supported", "H2": "supported",
                  "Ordering": "supported", "Quality": "supported", "Architecture": "supported"}
 
@@ -67,6 +67,47 @@ def test_every_claim_contradicted_where_the_records_show_the_opposite():
     v = verdicts(synthetic(unfooled_patch_fooled))
     assert v["Fooling"] == "contradicted" and v["Architecture"] == "contradicted"
     assert v["H1"] == "supported"
+
+
+@pytest.mark.parametrize("claim,low,high,verdict", [
+    ("Fooling", 0.01, 0.04, "contradicted"),     # above 0 but below the 5-point effect: negligible
+    ("Fooling", 0.029, 0.059, "too few to tell"),  # contains the effect of interest
+    ("Fooling", 0.05, 0.20, "too few to tell"),    # touching the boundary is not wholly beyond it
+    ("Fooling", 0.051, 0.20, "supported"),
+    ("Fooling", -0.10, 0.049, "contradicted"),
+    ("H2", 0.01, 0.04, "contradicted"), ("Ordering", 0.01, 0.04, "contradicted"),
+    ("Architecture", 0.01, 0.04, "contradicted"),
+    ("H1", 0.51, 0.54, "contradicted"),            # above chance, by less than matters
+    ("H1", 0.52, 0.60, "too few to tell"), ("H1", 0.56, 0.90, "supported"),
+    ("Quality", 0.05, 0.40, "contradicted"),       # FID rose, by less than half a seed's spread
+    ("Quality", 0.3, 0.9, "too few to tell"), ("Quality", 0.6, 3.0, "supported"),
+])
+def test_verdict_boundaries(claim, low, high, verdict):
+    assert RULES[claim].verdict(low, high) == verdict
+
+
+def test_verdict_regions_never_overlap():
+    """Over a grid of intervals around every rule's effect: supported only wholly above it,
+    contradicted only wholly below it, so no interval is ever both."""
+    grid = np.round(np.arange(-0.2, 1.2, 0.01), 2)
+    for rule in RULES.values():
+        for low in grid:
+            for high in grid[grid >= low]:
+                v = rule.verdict(float(low), float(high))
+                assert (v == "supported") == (low > rule.effect)
+                assert (v == "contradicted") == (high < rule.effect)
+
+
+def test_a_small_drop_is_reported_as_negligible_not_supported():
+    """A drop of 3 points, precisely measured: its interval lies above 0 (the old rule said
+    'supported'), but wholly below the 5-point effect of interest."""
+    def small(i, cid, j):
+        return 0.90 if j <= i else 0.87
+    out = findings(synthetic(small, noise=0.002), 3, "fool-all", n_boot=300)
+    fooling = {c["claim"]: c for c in out["claims"]}["Fooling"]
+    assert 0 < fooling["ci95"][0] and fooling["ci95"][1] < 0.05
+    assert fooling["verdict"] == "contradicted"
+    assert fooling["reading"] == "fooled by 3 points: negligible"
 
 
 def test_noise_as_large_as_the_effect_is_too_few_to_tell():

@@ -33,7 +33,8 @@ def findings_section(f: dict, fid_name: str) -> str:
         interval = f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "–"
         n = f"{c['n_generators']} generators" + (
             f" × {c['n_classifiers']} classifiers" if c["n_classifiers"] else "")
-        return (f"<td>{n}</td><td>{_num(c['value'])}</td><td>{interval}</td>"
+        reading = f'<div class="rule">{html.escape(c["reading"])}</div>' if c.get("reading") else ""
+        return (f"<td>{n}</td><td>{_num(c['value'])}{reading}</td><td>{interval}</td>"
                 f'<td class="{c["verdict"].replace(" ", "-")}">{html.escape(c["verdict"])}</td>')
     rows = []
     for c in f["claims"]:

@@ -7,12 +7,13 @@ the statistic uses (a two-way bootstrap: both are random draws of the experiment
 interval reflects instance-to-instance and classifier-to-classifier variation, not only the
 finite number of images behind each accuracy.
 
-Verdicts follow one stated rule per claim (`RULES`): "supported" when the 95 % interval lies on
-the claim's side of its threshold, "contradicted" when it lies on the other side, "too few to
-tell" when it straddles it or when fewer than two generator instances of an iteration (or no
-classifier) enter the statistic. A generator whose samples collapsed (mode coverage or FID far
-outside iteration 0's range, `collapsed_generators`) is named; a claim it enters is also given
-without it, since a collapsed generator that a classifier misses says little about gaps.
+Verdicts follow one stated rule per claim (`RULES`), around one smallest effect of interest:
+"supported" when the 95 % interval lies wholly above it, "contradicted" (the effect is
+negligible) when it lies wholly below, "too few to tell" when it contains it or when fewer than
+two generator instances of an iteration (or no classifier) enter the statistic.
+A generator whose samples collapsed (mode coverage or FID far outside iteration 0's range,
+`collapsed_generators`) is named; a claim it enters is also given without it, since a
+collapsed generator that a classifier misses says little about gaps.
 """
 
 from __future__ import annotations
@@ -34,53 +35,69 @@ ClfKey = tuple[int, str]  # (iteration, classifier id)
 
 @dataclass(frozen=True)
 class Rule:
+    """A claim, its statistic, and the smallest effect of interest that decides it.
+
+    One boundary, so the three verdicts cannot overlap: "supported" when the whole 95 %
+    interval lies above `effect`, "contradicted" when it lies wholly below (the effect, if any,
+    is negligible), "too few to tell" when the interval contains the boundary."""
+
     statement: str  # the claim, in the paper's words
     statistic: str  # what is measured
-    threshold: float  # supported when the whole interval is above it ("above") or below it
-    side: str = "above"
-    contradicted_below: float | None = None  # "above" claims: contradicted when CI high < this
+    effect: float  # the smallest effect of interest
+    why: str  # why that effect
+    words: str  # the estimate in words: a format string of {v} (value) and {pts} (value × 100)
+    negligible: str = "negligible"  # the word for an estimate below the effect of interest
 
     def verdict(self, low: float, high: float) -> str:
-        if self.side == "above":
-            if low > self.threshold:
-                return "supported"
-            bound = self.threshold if self.contradicted_below is None else self.contradicted_below
-            return "contradicted" if high < bound else "too few to tell"
-        if high < self.threshold:
+        if low > self.effect:
             return "supported"
-        return "contradicted" if low > self.threshold else "too few to tell"
+        return "contradicted" if high < self.effect else "too few to tell"
+
+    def reading(self, value: float | None, verdict: str) -> str:
+        """The estimate and its verdict in words, e.g. 'fooled by 4 points: negligible'."""
+        if value is None:
+            return "no estimate"
+        word = {"supported": "beyond the effect of interest", "contradicted": self.negligible,
+                }.get(verdict, verdict)
+        return f"{self.words.format(v=value, pts=100 * value)}: {word}"
 
     def text(self) -> str:
-        other = "below" if self.side == "above" else "above"
-        bound = self.threshold if self.contradicted_below is None else self.contradicted_below
-        return (f"supported if its 95 % interval lies wholly {self.side} {self.threshold:g}; "
-                f"contradicted if it lies wholly {other} {bound:g}; otherwise too few to tell")
+        return (f"smallest effect of interest {self.effect:g} ({self.why}); supported if the "
+                f"95 % interval lies wholly above {self.effect:g}, contradicted if wholly below, "
+                f"otherwise too few to tell")
 
 
+_POINTS = ("5 accuracy points, about five binomial standard errors (0.011) of one classifier's "
+           "accuracy on 2,000 fakes")
 RULES = {
     "H1": Rule("Held-out generators of an iteration are detected above chance: C_k transfers to "
                "independently trained instances (correlated knowledge gaps).",
-               "the accuracy of C_k (every classifier of iteration k) on held-out G_k", 0.5,
-               contradicted_below=0.55),
+               "the accuracy of C_k (every classifier of iteration k) on held-out G_k", 0.55,
+               "chance plus " + _POINTS, "held-out generators detected at {v:.2f}",
+               "no better than chance"),
     "Fooling": Rule("The targeted classifiers are fooled by the next iteration.",
                     "the accuracy drop of targeted C_{k-1} from held-out G_{k-1} to held-out G_k",
-                    0.0, contradicted_below=0.05),
+                    0.05, _POINTS, "fooled by {pts:.0f} points"),
     "H2": Rule("Held-out classifiers are fooled too (the artifact is removed, not only the one "
                "network's blind spot found).",
-               "the accuracy drop of held-out C_{k-1} from held-out G_{k-1} to held-out G_k", 0.0,
-               contradicted_below=0.05),
+               "the accuracy drop of held-out C_{k-1} from held-out G_{k-1} to held-out G_k", 0.05,
+               _POINTS, "fooled by {pts:.0f} points"),
     "Quality": Rule("Fooling costs output quality (the paper's DCGAN claim; its StyleGAN2 claim "
                     "is the opposite).",
                     "the FID change of iterations k ≥ 1 against iteration 0, in units of "
-                    "iteration 0's standard deviation between instances", 0.0),
+                    "iteration 0's standard deviation between instances", 0.5,
+                    "half the spread between independently trained instances of iteration 0: "
+                    "a smaller shift is what a new seed alone gives",
+                    "FID {v:+.2f} iteration-0 sd"),
     "Ordering": Rule("Under memoryless training, classifiers from two iterations back stay "
                      "fooled (an ordering over optima, not a cycle).",
                      "the accuracy drop of targeted C_{k-2} from held-out G_{k-2} to held-out "
-                     "G_k (memoryless)", 0.0, contradicted_below=0.05),
+                     "G_k (memoryless)", 0.05, _POINTS, "still fooled by {pts:.0f} points"),
     "Architecture": Rule("Fooling one architecture does not fool another as much (R4: the "
                          "diagonal below the off-diagonal).",
                          "the accuracy drop (held-out G_{k-1} to G_k) of held-out C_{k-1} of "
-                         "the fooled architecture minus that of other architectures", 0.0),
+                         "the fooled architecture minus that of other architectures", 0.05,
+                         _POINTS, "the fooled architecture drops {pts:.0f} points more"),
 }
 
 
@@ -286,6 +303,7 @@ def _evaluate(name: str, claim: _Claim, rng: np.random.Generator, n_boot: int) -
             entry["ci95"] = [float(low), float(high)]
             entry["verdict"] = rule.verdict(float(low), float(high))
     entry.setdefault("verdict", "too few to tell")
+    entry["reading"] = rule.reading(entry["value"], entry["verdict"])
     return entry
 
 
