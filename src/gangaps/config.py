@@ -125,7 +125,9 @@ class EvaluationConfig(_Section):
     n_fake: int = Field(10_000, ge=2, description="samples per generator for metrics and FID")
     n_real: int = Field(10_000, ge=2, description="held-out real images (MNIST: test set)")
     fid: Literal["lenet", "inception", "none"] = "lenet"
-    inception_weights: str | None = Field(None, description="local Inception weights file")
+    inception_weights: str | None = Field(None, description="local Inception weights file "
+                                          "(preferred); null: torch-fidelity's standard file, "
+                                          "downloaded once into the torch hub cache")
     bootstrap: int = Field(0, ge=0, description="bootstrap resamples for confidence intervals")
 
 
@@ -161,11 +163,6 @@ class Config(_Section):
         if not any(s.role == "target" for s in self.classifiers) and \
                 self.experiment.fool_mode != "none" and self.experiment.iterations > 1:
             raise ValueError("no classifier has role 'target', so there is nothing to fool")
-        ev = self.evaluation
-        if ev.fid == "inception" and not ev.inception_weights:
-            raise ValueError("evaluation.fid=inception needs evaluation.inception_weights=FILE "
-                             "(torch-fidelity's weights-inception-2015-12-05-6726825d.pth; "
-                             "nothing is downloaded) or evaluation.fid=none")
         ids = [cid for s in self.classifiers for cid in classifier_ids(s)]
         if len(ids) != len(set(ids)):
             raise ValueError(f"classifier ids repeat: {sorted(ids)}")

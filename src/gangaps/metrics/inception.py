@@ -7,8 +7,12 @@ match torch-fidelity / TTUR for the same images and weights. Statistics follow t
 `kid_features_to_metric` (polynomial kernel, subsets of min(1000, N), seed 2020). The Fréchet
 distance itself is gangaps' float64 implementation (same formula, tested against scipy).
 
-Nothing downloads: the weights file must be local. Real-image statistics are cached per content
-hash, count, resolution and weights MD5, so a stale cache cannot be hit.
+Weights: a local file when given (`evaluation.inception_weights=FILE`, preferred); otherwise
+torch-fidelity's standard file, fetched once from its release URL into the torch hub cache
+(`$TORCH_HOME/hub/checkpoints/`, where torch-fidelity's own download puts it, so either tool
+finds the other's copy). Without network that is one line naming the URL and the FILE
+alternative. Real-image statistics are cached per content hash, count, resolution and weights
+MD5, so a stale cache cannot be hit.
 """
 
 from __future__ import annotations
@@ -155,14 +159,44 @@ def _weights_digests(path: Path) -> tuple[str, str]:
     return _digest_memo[key]
 
 
-def _check_weights_path(weights_path: str | Path | None) -> Path:
-    hint = f"download {WEIGHTS_URL} and set {CONFIG_KEY} to its path (nothing is downloaded)"
-    if weights_path is None or str(weights_path) == "":
-        raise UserError(f"Inception FID needs a local weights file: {hint}")
-    path = Path(weights_path).expanduser()
-    if not path.is_file():
-        raise UserError(f"Inception weights file {path} not found: {hint}")
+DOWNLOAD_TIMEOUT_S = 30  # per socket operation: no network fails in seconds, not minutes
+
+
+def cached_weights_path() -> Path:
+    """Where torch-fidelity's own download (torch.hub) keeps the standard weights file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_URL.rsplit("/", 1)[-1]
+
+
+def resolve_weights(weights_path: str | Path | None) -> Path:
+    """The Inception weights file to use: `weights_path` if given (it must exist), otherwise
+    torch-fidelity's standard file from the torch hub cache, downloaded there first if missing
+    (SHA-256 prefix checked, as torch.hub does). Raises a one-line UserError on failure."""
+    if weights_path is not None and str(weights_path) != "":
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"Inception weights file {path} not found: set {CONFIG_KEY} to a "
+                            f"local copy of {WEIGHTS_URL}, or to null to download it")
+        return path
+    path = cached_weights_path()
+    if path.is_file():
+        return path
+    import socket
+    import urllib.error
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        torch.hub.download_url_to_file(WEIGHTS_URL, str(path), hash_prefix=OFFICIAL_SHA256_PREFIX,
+                                       progress=False)
+    except (OSError, urllib.error.URLError, RuntimeError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise UserError(f"cannot download torch-fidelity's Inception weights ({CONFIG_KEY}: "
+                        f"null) from {WEIGHTS_URL}: {reason}; without network, fetch that file "
+                        f"elsewhere and set {CONFIG_KEY}=FILE (or put it at {path})") from None
+    finally:
+        socket.setdefaulttimeout(old)
     return path
+
 
 
 def load_inception(weights_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -174,7 +208,7 @@ def load_inception(weights_path: str | Path, device: str | torch.device = "cpu")
     """
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    path = _check_weights_path(weights_path)
+    path = resolve_weights(weights_path)
     md5, _ = _weights_digests(path)
     key = (md5, str(device))
     if key not in _extractor_memo:
@@ -254,7 +288,7 @@ def inception_metrics(fake: ImageSource, real: ImageSource, weights_path: str | 
     from torch_fidelity import __version__ as tf_version
     from torch_fidelity.metric_kid import kid_features_to_metric
 
-    path = _check_weights_path(weights_path)
+    path = resolve_weights(weights_path)
     md5, sha = _weights_digests(path)
     model = load_inception(path, device)
     fake_src = _Source(fake, batch_size, "fake")
