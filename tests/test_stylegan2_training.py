@@ -112,7 +112,6 @@ def test_phases_and_options() -> None:
     nets0 = fam0.build(cfg0.gan, 3, RES)
     assert [p.name for p in fam0.phases(cfg0.gan)] == ["Gmain", "Dmain"]
     assert fam0.optimizers(cfg0.gan, nets0)["D"].param_groups[0]["lr"] == 0.0025
-    from gangaps.errors import UserError
     with pytest.raises(UserError, match="augment"):
         StyleGAN2Family().build(_cfg(steps=1, augment="fancy").gan, 3, RES)
     with pytest.raises(UserError, match="power-of-two"):
