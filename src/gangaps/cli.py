@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gangaps.detector_cli import add_detector_commands
     add_detector_commands(sub)
+    from gangaps.metrics_cli import add_metrics_command
+    add_metrics_command(sub)
     return parser
 
 

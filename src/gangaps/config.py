@@ -50,12 +50,22 @@ class ExperimentConfig(_Section):
                                                  "iteration k≥1 start from scratch or from k-1")
     reuse_iteration0: str | None = Field(None, description="run directory whose finished "
                                          "iteration 0 this run shares (sweeps)")
+    iteration0_from: list[str] | None = Field(None, description="generator checkpoints (ours "
+                                              "or convert-nvidia's), one per instance: "
+                                              "iteration 0's generators, not trained")
 
     @model_validator(mode="after")
     def _split(self) -> ExperimentConfig:
         if self.heldout_instances >= self.instances:
             raise ValueError(f"heldout_instances={self.heldout_instances} leaves no train "
                              f"generator out of instances={self.instances}")
+        if self.iteration0_from is not None:
+            if len(self.iteration0_from) != self.instances:
+                raise ValueError(f"iteration0_from lists {len(self.iteration0_from)} files for "
+                                 f"instances={self.instances} (one per instance)")
+            if self.reuse_iteration0 is not None:
+                raise ValueError("iteration0_from and reuse_iteration0 both say where iteration "
+                                 "0 comes from; set one")
         return self
 
 
