@@ -112,7 +112,6 @@ def test_phases_and_options() -> None:
     nets0 = fam0.build(cfg0.gan, 3, RES)
     assert [p.name for p in fam0.phases(cfg0.gan)] == ["Gmain", "Dmain"]
     assert fam0.optimizers(cfg0.gan, nets0)["D"].param_groups[0]["lr"] == 0.0025
-    from gangaps.errors import UserError
     with pytest.raises(UserError, match="augment"):
         StyleGAN2Family().build(_cfg(steps=1, augment="fancy").gan, 3, RES)
     with pytest.raises(UserError, match="power-of-two"):
@@ -202,8 +201,8 @@ def test_ffhq_configs(res: int, batch: int) -> None:
     from gangaps.config import load_config
     root = Path(__file__).resolve().parents[1]
     path = root / "configs" / f"ffhq-stylegan2-{res}.yaml"
-    with pytest.raises(UserError, match="inception_weights"):  # FID needs local weights
-        load_config(path, ["data.path=/my/ffhq"])
+    # null weights: torch-fidelity's file, fetched when a run starts (tests/test_configs_dry_run)
+    assert load_config(path, ["data.path=/my/ffhq"]).evaluation.inception_weights is None
     cfg = load_config(path, ["data.path=/my/ffhq", "evaluation.inception_weights=/my/inception.pth"])
     assert (cfg.data.dataset, cfg.data.resolution, cfg.data.channels) == ("images", res, 3)
     assert cfg.gan.family == "stylegan2" and cfg.gan.batch_size == batch

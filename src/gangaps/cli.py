@@ -113,14 +113,32 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise UserError(f"--out {out}: exists and is a {'folder' if out.is_dir() else 'file'}")
     device = resolve_device(args.device)
     G = load_generator(ckpt, device)
-    export_samples(G, args.n, args.seed, out, args.batch_size, device, progress=not args.quiet)
-    print(f"wrote {args.n} samples of {ckpt} (seed {args.seed}) to {out}")
+    g_kwargs = {k: v for k, v in (("noise_mode", args.noise_mode),
+                                  ("truncation_psi", args.truncation_psi)) if v is not None}
+    if g_kwargs and not hasattr(G, "mapping"):
+        raise UserError("--noise-mode and --truncation-psi are for StyleGAN2 generators")
+    z = None
+    if args.latents:
+        from gangaps.generators import load_latents
+        z = load_latents(args.latents, args.n, G.z_dim)
+    export_samples(G, args.n, args.seed, out, args.batch_size, device, not args.quiet, z,
+                   **g_kwargs)
+    what = f"latents {args.latents}" if z is not None else f"seed {args.seed}"
+    print(f"wrote {args.n} samples of {ckpt} ({what}) to {out}")
 
 
 def cmd_convert_nvidia(args: argparse.Namespace) -> None:
     from gangaps.models.stylegan2_import import convert_nvidia_files
     convert_nvidia_files(args.g_state_dict, args.d_state_dict, args.config_json, args.out)
     print(f"wrote {args.out}")
+
+
+def cmd_export_nvidia(args: argparse.Namespace) -> None:
+    from gangaps.generators import load_generator_state
+    from gangaps.models.stylegan2_import import export_nvidia
+    ckpt = _generator_checkpoint(Path(args.source), args.iteration, args.instance)
+    files = export_nvidia(load_generator_state(ckpt), args.out)
+    print(f"wrote {', '.join(str(f) for f in files)}")
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
@@ -211,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="latent seed (same seed, same images)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--latents", help="the first N latents of FILE.npy or FILE.pt [N, z_dim] "
+                   "instead of drawing them from --seed")
+    p.add_argument("--noise-mode", choices=["random", "const", "none"],
+                   help="StyleGAN2: noise inputs (default random, seeded; const: the stored "
+                   "noise buffers, as NVIDIA's generate.py)")
+    p.add_argument("--truncation-psi", type=float, help="StyleGAN2: truncation (default 1)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
 
@@ -233,8 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.set_defaults(func=cmd_convert_nvidia)
 
+    p = sub.add_parser("export-nvidia", help="a gangaps StyleGAN2 generator -> NVIDIA "
+                       "stylegan2-ada-pytorch state dicts (see docs/stylegan2.md)",
+                       description="Write OUT/G_state_dict.pt (G_ema), OUT/D_state_dict.pt and "
+                       "OUT/config.json in NVIDIA's layout, for their generate.py, calc_metrics.py "
+                       "and projector; convert-nvidia reads the same three files back.")
+    p.add_argument("source", help="a run directory, or a generator checkpoint (ours or converted)")
+    p.add_argument("out", help="folder for the three files")
+    p.add_argument("--iteration", type=int, help="with a run directory: the iteration K")
+    p.add_argument("--instance", type=int, help="with a run directory: the instance I")
+    p.set_defaults(func=cmd_export_nvidia)
+
     from gangaps.detector_cli import add_detector_commands
     add_detector_commands(sub)
+    from gangaps.metrics_cli import add_metrics_command
+    add_metrics_command(sub)
     return parser
 
 

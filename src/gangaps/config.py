@@ -50,12 +50,22 @@ class ExperimentConfig(_Section):
                                                  "iteration k≥1 start from scratch or from k-1")
     reuse_iteration0: str | None = Field(None, description="run directory whose finished "
                                          "iteration 0 this run shares (sweeps)")
+    iteration0_from: list[str] | None = Field(None, description="generator checkpoints (ours "
+                                              "or convert-nvidia's), one per instance: "
+                                              "iteration 0's generators, not trained")
 
     @model_validator(mode="after")
     def _split(self) -> ExperimentConfig:
         if self.heldout_instances >= self.instances:
             raise ValueError(f"heldout_instances={self.heldout_instances} leaves no train "
                              f"generator out of instances={self.instances}")
+        if self.iteration0_from is not None:
+            if len(self.iteration0_from) != self.instances:
+                raise ValueError(f"iteration0_from lists {len(self.iteration0_from)} files for "
+                                 f"instances={self.instances} (one per instance)")
+            if self.reuse_iteration0 is not None:
+                raise ValueError("iteration0_from and reuse_iteration0 both say where iteration "
+                                 "0 comes from; set one")
         return self
 
 
@@ -125,7 +135,9 @@ class EvaluationConfig(_Section):
     n_fake: int = Field(10_000, ge=2, description="samples per generator for metrics and FID")
     n_real: int = Field(10_000, ge=2, description="held-out real images (MNIST: test set)")
     fid: Literal["lenet", "inception", "none"] = "lenet"
-    inception_weights: str | None = Field(None, description="local Inception weights file")
+    inception_weights: str | None = Field(None, description="local Inception weights file "
+                                          "(preferred); null: torch-fidelity's standard file, "
+                                          "downloaded once into the torch hub cache")
     bootstrap: int = Field(0, ge=0, description="bootstrap resamples for confidence intervals")
 
 
@@ -161,11 +173,6 @@ class Config(_Section):
         if not any(s.role == "target" for s in self.classifiers) and \
                 self.experiment.fool_mode != "none" and self.experiment.iterations > 1:
             raise ValueError("no classifier has role 'target', so there is nothing to fool")
-        ev = self.evaluation
-        if ev.fid == "inception" and not ev.inception_weights:
-            raise ValueError("evaluation.fid=inception needs evaluation.inception_weights=FILE "
-                             "(torch-fidelity's weights-inception-2015-12-05-6726825d.pth; "
-                             "nothing is downloaded) or evaluation.fid=none")
         ids = [cid for s in self.classifiers for cid in classifier_ids(s)]
         if len(ids) != len(set(ids)):
             raise ValueError(f"classifier ids repeat: {sorted(ids)}")

@@ -150,6 +150,9 @@ def _generators(ctx: JobContext, specs: tuple[GeneratorSpec, ...]) -> None:
     k = specs[0].iteration
     if k == 0 and store.shared_iteration0 is not None:
         raise _shared_unfinished(ctx, outs[done.index(False)])
+    if k == 0 and cfg.experiment.iteration0_from is not None:
+        ddp.on_rank0(lambda: _generators_from_files(ctx, specs, outs, done))
+        return
     fool = [load_classifier(store.classifier_dir(i, cid) / FINAL, ctx.device)
             for i, cid in specs[0].fool_targets]  # the same for every instance of iteration k
     jobs = [GeneratorJob(out, s.seed, fool,
@@ -177,6 +180,53 @@ def _generators(ctx: JobContext, specs: tuple[GeneratorSpec, ...]) -> None:
         if group_dir is not None:  # every member is its own finished job now
             shutil.rmtree(group_dir, ignore_errors=True)
     ddp.on_rank0(finish)
+
+
+def _generators_from_files(ctx: JobContext, specs: tuple[GeneratorSpec, ...], outs: list[Path],
+                           done: list[bool]) -> None:
+    """experiment.iteration0_from: instance n of iteration 0 is the n-th file (a generator
+    checkpoint, ours or converted from NVIDIA's), copied in as a finished job: no training."""
+    from gangaps.generators import load_generator_state
+    from gangaps.io import save_state
+    cfg = ctx.cfg
+    for spec, out, finished in zip(specs, outs, done, strict=True):
+        if finished:
+            continue
+        src = Path(cfg.experiment.iteration0_from[spec.instance])
+        if not src.is_file():
+            raise UserError(f"experiment.iteration0_from[{spec.instance}]: {src} not found")
+        state = load_generator_state(src)
+        got = (state["spec"]["channels"], state["spec"]["resolution"])
+        want = (ctx.real.channels, ctx.real.resolution)
+        if got != want:
+            raise UserError(f"experiment.iteration0_from[{spec.instance}]: {src} makes "
+                            f"{got[0]}×{got[1]}² images, the data is {want[0]}×{want[1]}²")
+        if cfg.experiment.init == "previous" and cfg.experiment.iterations > 1:
+            _check_startable(cfg, src, want)
+        out.mkdir(parents=True, exist_ok=True)
+        save_state(out / CHECKPOINT, {"spec": state["spec"], "nets": state["nets"], "step": 0})
+        G = load_generator(out / CHECKPOINT, ctx.device)
+        grid = generate(G, cfg.gan.sample_grid, seed=0, device=ctx.device)
+        save_image(grid.float() / 255, out / "samples.png", nrow=max(1, int(len(grid) ** 0.5)))
+        ctx.store.mark_done(out, {"steps": 0, "kimg": 0.0, "seed": spec.seed, "split": spec.split,
+                                  "seconds": 0.0, "fool_targets": [], "resumed": False,
+                                  "source": str(src)})
+
+
+def _check_startable(cfg: Config, src: Path, data: tuple[int, int]) -> None:
+    """init: previous starts iteration 1 from these weights: the run's gan section must build
+    the same network (family, z_dim, architecture options)."""
+    from gangaps.train.family import get_family
+    weights = load_generator(src).state_dict()
+    with torch.random.fork_rng(devices=[]):
+        nets = get_family(cfg.gan.family).build(cfg.gan, *data)
+    ours = nets["G"].state_dict()
+    bad = sorted(k for k in set(ours) | set(weights)
+                 if k not in ours or k not in weights or ours[k].shape != weights[k].shape)
+    if bad:
+        raise UserError(f"experiment.init=previous: {src} is not the network gan.* builds "
+                        f"({len(bad)} tensors differ, e.g. {bad[0]}); set gan.family, gan.z_dim "
+                        "and gan.options as the file's (see `gangaps export-nvidia` config.json)")
 
 
 def _classifier(ctx: JobContext, job: Job) -> None:

@@ -66,6 +66,12 @@ def open_run(cfg: Config, out: str | Path, check_device: bool = True) -> tuple[R
     for spec in cfg.classifiers:
         build_classifier(spec.arch, real.channels, real.resolution, **spec.options)
     make_augment(cfg.classifier_training.augment)
+    for i, path in enumerate(cfg.experiment.iteration0_from or []):
+        if not Path(path).is_file():
+            raise UserError(f"experiment.iteration0_from[{i}]: {path} not found")
+    if cfg.evaluation.fid == "inception":  # fetch (or refuse) before hours of training, not after
+        from gangaps.metrics.inception import resolve_weights
+        resolve_weights(cfg.evaluation.inception_weights)
     store.check_config(cfg)  # refuse before touching anything (the lock file included)
     created = not store.root.exists()
     store.acquire()  # before the config is written or extended: one writer per run

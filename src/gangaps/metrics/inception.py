@@ -4,11 +4,19 @@ Features come from torch-fidelity's `FeatureExtractorInceptionV3` ("inception-v3
 layer "2048"): uint8 RGB in, TF1-exact bilinear resize to 299 inside the network, so values
 match torch-fidelity / TTUR for the same images and weights. Statistics follow torch-fidelity
 (`fid_features_to_statistics`: float32 features, np.cov) and KID is its own
-`kid_features_to_metric` (polynomial kernel, subsets of min(1000, N), seed 2020). The Fréchet
-distance itself is gangaps' float64 implementation (same formula, tested against scipy).
+`kid_features_to_metric` (polynomial kernel, subsets of min(1000, N), seed 2020), the Fréchet
+distance its `fid_statistics_to_metric`, precision/recall its `prc_features_to_metric` (k = 3,
+on these Inception features: torch-fidelity's own default for prc is VGG16). One exception, for
+speed: with fewer images than feature dimensions the covariances are singular and the distance
+is computed exactly from the N1 x N2 cross matrix (`frechet_distance_features`; the same value
+to ~1e-7, tested), not by eigvals of a 2048 x 2048 product (a minute on 2 CPU cores).
 
-Nothing downloads: the weights file must be local. Real-image statistics are cached per content
-hash, count, resolution and weights MD5, so a stale cache cannot be hit.
+Weights: a local file when given (`evaluation.inception_weights=FILE`, preferred); otherwise
+torch-fidelity's standard file, fetched once from its release URL into the torch hub cache
+(`$TORCH_HOME/hub/checkpoints/`, where torch-fidelity's own download puts it, so either tool
+finds the other's copy). Without network that is one line naming the URL and the FILE
+alternative. Real-image statistics are cached per content hash, count, resolution and weights
+MD5, so a stale cache cannot be hit.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from PIL import Image
 
 from gangaps.errors import UserError
 from gangaps.io import load_state, save_state
-from gangaps.metrics.frechet import frechet_distance, frechet_distance_features
+from gangaps.metrics.frechet import frechet_distance_features
 
 WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                "weights-inception-2015-12-05-6726825d.pth")
@@ -155,18 +163,49 @@ def _weights_digests(path: Path) -> tuple[str, str]:
     return _digest_memo[key]
 
 
-def _check_weights_path(weights_path: str | Path | None) -> Path:
-    hint = f"download {WEIGHTS_URL} and set {CONFIG_KEY} to its path (nothing is downloaded)"
-    if weights_path is None or str(weights_path) == "":
-        raise UserError(f"Inception FID needs a local weights file: {hint}")
-    path = Path(weights_path).expanduser()
-    if not path.is_file():
-        raise UserError(f"Inception weights file {path} not found: {hint}")
+DOWNLOAD_TIMEOUT_S = 30  # per socket operation: no network fails in seconds, not minutes
+
+
+def cached_weights_path() -> Path:
+    """Where torch-fidelity's own download (torch.hub) keeps the standard weights file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_URL.rsplit("/", 1)[-1]
+
+
+def resolve_weights(weights_path: str | Path | None) -> Path:
+    """The Inception weights file to use: `weights_path` if given (it must exist), otherwise
+    torch-fidelity's standard file from the torch hub cache, downloaded there first if missing
+    (SHA-256 prefix checked, as torch.hub does). Raises a one-line UserError on failure."""
+    if weights_path is not None and str(weights_path) != "":
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"Inception weights file {path} not found: set {CONFIG_KEY} to a "
+                            f"local copy of {WEIGHTS_URL}, or to null to download it")
+        return path
+    path = cached_weights_path()
+    if path.is_file():
+        return path
+    import socket
+    import urllib.error
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        torch.hub.download_url_to_file(WEIGHTS_URL, str(path), hash_prefix=OFFICIAL_SHA256_PREFIX,
+                                       progress=False)
+    except (OSError, urllib.error.URLError, RuntimeError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise UserError(f"cannot download torch-fidelity's Inception weights ({CONFIG_KEY}: "
+                        f"null) from {WEIGHTS_URL}: {reason}; without network, fetch that file "
+                        f"elsewhere and set {CONFIG_KEY}=FILE (or put it at {path})") from None
+    finally:
+        socket.setdefaulttimeout(old)
     return path
 
 
-def load_inception(weights_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """torch-fidelity's InceptionV3 feature extractor (layer "2048") from a local file.
+
+def load_inception(weights_path: str | Path, device: str | torch.device = "cpu",
+                   feature_layer: str = FEATURE_LAYER) -> torch.nn.Module:
+    """torch-fidelity's InceptionV3 feature extractor (layer "2048" unless told) from a file.
 
     The file is first read with `torch.load(weights_only=True)`, which cannot run code;
     torch-fidelity then only sees a copy re-saved from those plain tensors (it loads with
@@ -174,9 +213,9 @@ def load_inception(weights_path: str | Path, device: str | torch.device = "cpu")
     """
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    path = _check_weights_path(weights_path)
+    path = resolve_weights(weights_path)
     md5, _ = _weights_digests(path)
-    key = (md5, str(device))
+    key = (md5, str(device), feature_layer)
     if key not in _extractor_memo:
         try:
             state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu",
@@ -190,7 +229,7 @@ def load_inception(weights_path: str | Path, device: str | torch.device = "cpu")
             clean = Path(tmp) / "weights.pth"
             torch.save(state, clean)
             try:
-                model = FeatureExtractorInceptionV3(EXTRACTOR, [FEATURE_LAYER],
+                model = FeatureExtractorInceptionV3(EXTRACTOR, [feature_layer],
                                                     feature_extractor_weights_path=str(clean))
             except RuntimeError as e:  # missing / unexpected / mis-shaped keys
                 raise UserError(f"{path} is not an InceptionV3 state dict for torch-fidelity: "
@@ -223,10 +262,10 @@ def _extract(model: torch.nn.Module, source: _Source, batch_size: int,
 
 
 def _stats(features: torch.Tensor) -> dict[str, torch.Tensor]:
-    # as torch-fidelity's fid_features_to_statistics: float32 mean, float64 np.cov
-    x = features.numpy()
-    return {"mu": torch.from_numpy(np.mean(x, axis=0)),
-            "sigma": torch.from_numpy(np.atleast_2d(np.cov(x, rowvar=False)))}
+    """torch-fidelity's fid_features_to_statistics (float32 mean, float64 np.cov), as tensors."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+    st = fid_features_to_statistics(features)
+    return {"mu": torch.from_numpy(st["mu"]), "sigma": torch.from_numpy(np.atleast_2d(st["sigma"]))}
 
 
 def _slug(text: str) -> str:
@@ -242,35 +281,43 @@ def inception_metrics(fake: ImageSource, real: ImageSource, weights_path: str | 
                       cache_dir: str | Path | None = None, real_cache_key: str | None = None,
                       kid: bool = True, batch_size: int = 64,
                       device: str | torch.device = "cpu", kid_subset_size: int = 1000,
-                      kid_subsets: int = 100) -> dict[str, Any]:
-    """FID (and KID) of `fake` against `real` with torch-fidelity's InceptionV3 features.
+                      kid_subsets: int = 100, prc: bool = False,
+                      feature_layer: str = FEATURE_LAYER) -> dict[str, Any]:
+    """FID (and KID, precision/recall) of `fake` against `real` on torch-fidelity's InceptionV3.
 
     fake / real: a uint8 or [-1, 1] float tensor [N, C, H, W] (C = 1 or 3), a folder of
     png/jpg images, or a callable returning an iterable of such batches. With `cache_dir`, the
     real features/statistics are cached under a name holding `real_cache_key`, a hash of the
-    real images (folder: names + sizes + mtimes), their count, resolution and the weights MD5.
-    Returns fid_inception, kid_inception, kid_inception_std and a `protocol` record.
+    real images (folder: names + sizes + mtimes), their count, resolution, the weights MD5 (and
+    the layer if not "2048"). Returns fid_inception, kid_inception, kid_inception_std,
+    precision / recall / f_score (prc=True) and a `protocol` record.
+    `feature_layer`: torch-fidelity's feature_layer_fid ("2048" is the standard; "64", "192",
+    "768" only for quick checks).
     """
     from torch_fidelity import __version__ as tf_version
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
 
-    path = _check_weights_path(weights_path)
+    path = resolve_weights(weights_path)
     md5, sha = _weights_digests(path)
-    model = load_inception(path, device)
+    model = load_inception(path, device, feature_layer)
     fake_src = _Source(fake, batch_size, "fake")
     real_src = _Source(real, batch_size, "real")
+    need_feats = kid or prc
 
     real_feats: torch.Tensor | None = None
     cache_file: Path | None = None
     cached = False
     if cache_dir is not None:
         content, n, size = real_src.fingerprint()
+        layer = "" if feature_layer == FEATURE_LAYER else f"-l{_slug(feature_layer)}"
         name = f"inception-{_slug(real_cache_key or 'real')}-n{n}-{size[0]}x{size[1]}-" \
-               f"{content[:24]}-w{md5[:12]}.safetensors"
+               f"{content[:24]}-w{md5[:12]}{layer}.safetensors"
         cache_file = Path(cache_dir) / name
         if cache_file.exists():
             state = load_state(cache_file)
-            if not kid or "features" in state:  # stats-only entries cannot give KID
+            if not need_feats or "features" in state:  # stats-only entries cannot give KID
                 cached = True
                 real_stats = {"mu": state["mu"], "sigma": state["sigma"]}
                 real_feats = state.get("features")
@@ -281,7 +328,7 @@ def inception_metrics(fake: ImageSource, real: ImageSource, weights_path: str | 
         n_real = len(real_feats)
         if cache_file is not None:
             save_state(cache_file, {**real_stats, "n": n_real, "size": list(size),
-                                    **({"features": real_feats} if kid else {})})
+                                    **({"features": real_feats} if need_feats else {})})
 
     fake_feats, fake_size = _extract(model, fake_src, batch_size, device)
     n_fake = len(fake_feats)
@@ -289,12 +336,15 @@ def inception_metrics(fake: ImageSource, real: ImageSource, weights_path: str | 
         raise UserError(f"Inception FID needs >= 2 images per side, got {n_fake} fake, "
                         f"{n_real} real")
     if real_feats is not None and max(n_fake, len(real_feats)) < fake_feats.shape[1]:
-        # few samples: exact low-rank route, far cheaper than 2048 x 2048 eigendecompositions
-        fid = frechet_distance_features(fake_feats, real_feats)
+        # singular covariances: the exact low-rank route (see the module docstring)
+        fid, frechet = frechet_distance_features(fake_feats, real_feats), \
+            "gangaps.metrics.frechet.frechet_distance_features (exact, N < D)"
     else:
         fake_stats = _stats(fake_feats)
-        fid = frechet_distance(fake_stats["mu"], fake_stats["sigma"],
-                               real_stats["mu"], real_stats["sigma"])
+        as_np = lambda st: {k: v.numpy() for k, v in st.items()}  # noqa: E731
+        fid = fid_statistics_to_metric(as_np(fake_stats), as_np(real_stats),
+                                       verbose=False)["frechet_inception_distance"]
+        frechet = "torch_fidelity.metric_fid.fid_statistics_to_metric"
     out: dict[str, Any] = {"fid_inception": fid}
     subset = min(kid_subset_size, n_fake, n_real)
     if kid:
@@ -303,11 +353,14 @@ def inception_metrics(fake: ImageSource, real: ImageSource, weights_path: str | 
                                    kid_subset_size=subset, verbose=False)
         out["kid_inception"] = k["kernel_inception_distance_mean"]
         out["kid_inception_std"] = k["kernel_inception_distance_std"]
+    if prc:
+        p = prc_features_to_metric(fake_feats, real_feats, save_cpu_ram=True, verbose=False)
+        out.update(precision=p["precision"], recall=p["recall"], f_score=p["f_score"])
     out["protocol"] = {
         "library": "torch-fidelity",
         "version": tf_version,
         "feature_extractor": EXTRACTOR,
-        "feature_layer": FEATURE_LAYER,
+        "feature_layer": feature_layer,
         "weights_md5": md5,
         "weights_official": sha.startswith(OFFICIAL_SHA256_PREFIX),
         "n_fake": n_fake,
@@ -315,9 +368,11 @@ def inception_metrics(fake: ImageSource, real: ImageSource, weights_path: str | 
         "input": "uint8 RGB (gray replicated; float [-1,1] -> round((x+1)*127.5))",
         "resize": f"fake {fake_size[0]}x{fake_size[1]}, real {size[0]}x{size[1]} -> 299x299, "
                   "TF1-exact bilinear inside torch-fidelity's InceptionV3",
+        "frechet": frechet,
         "reference": real_cache_key or real_src.describe(),
         "real_stats_cached": cached,
         **({"kid_subset_size": subset, "kid_subsets": kid_subsets} if kid else {}),
+        **({"prc": "torch_fidelity.metric_prc.prc_features_to_metric, neighborhood 3, "
+                   f"on Inception {feature_layer} features"} if prc else {}),
     }
     return out
-

@@ -219,3 +219,85 @@ def load_converted(path: str | Path):
     D.eval()
     G.config = D.config = cfg
     return G, D
+
+
+# ----------------------------------------------------------------------------- interop
+# A converted network is a StyleGAN2 generator like ours: the same checkpoint (spec + nets)
+# once its NVIDIA config is written as gan.options, so generate / metrics / iteration0_from /
+# init all go through `gangaps.generators.load_generator_state`.
+
+_OPTION_KEYS = ("w_dim", "mapping_layers", "channel_base", "channel_max", "mbstd_group_size",
+                "conv_clamp", "g_architecture", "d_architecture", "mbstd_num_channels",
+                "use_noise")
+
+
+def spec_from_config(cfg: Mapping[str, Any]) -> dict:
+    """The `spec` of a gangaps generator checkpoint for a (normalized) NVIDIA config."""
+    from gangaps.config import GANConfig
+
+    gan = GANConfig(family="stylegan2", z_dim=cfg["z_dim"],
+                    options={k: cfg[k] for k in _OPTION_KEYS})
+    return {"gan": gan.model_dump(mode="json"), "channels": cfg["img_channels"],
+            "resolution": cfg["img_resolution"], "seed": None, "source": "nvidia"}
+
+
+def config_from_spec(spec: Mapping[str, Any]) -> dict:
+    """The NVIDIA config (what `convert-nvidia` reads) of a gangaps StyleGAN2 checkpoint spec."""
+    from gangaps.config import GANConfig
+    from gangaps.train.family import get_family
+
+    gan = GANConfig.model_validate(spec["gan"])
+    if gan.family != "stylegan2":
+        raise UserError(f"only StyleGAN2 generators have an NVIDIA layout (this is {gan.family})")
+    o = get_family("stylegan2").resolve_options(gan)
+    return {"z_dim": gan.z_dim, "img_resolution": spec["resolution"],
+            "img_channels": spec["channels"], **{k: o[k] for k in _OPTION_KEYS}, "c_dim": 0}
+
+
+def as_generator_checkpoint(state: Mapping[str, Any], where: str | Path) -> dict:
+    """A `convert_nvidia_files` checkpoint {"config", "G", "D"} as a gangaps generator
+    checkpoint {"spec", "nets"} (G and G_ema: NVIDIA's G; D: theirs), after the importer's
+    strict key, shape and filter checks."""
+    from gangaps.config import GANConfig
+    from gangaps.train.family import get_family
+
+    for k in ("config", "G", "D"):
+        if k not in state:
+            raise UserError(f"{where} is not a converted StyleGAN2 checkpoint (no {k!r})")
+    cfg = _normalized_config(dict(state["config"]), state["G"], state["D"])
+    G, D = _build(cfg)
+    _load_strict(G, state["G"], "G")
+    _load_strict(D, state["D"], "D")
+    spec = spec_from_config(cfg)
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: keep the RNG
+        nets = get_family("stylegan2").build(GANConfig.model_validate(spec["gan"]),
+                                             spec["channels"], spec["resolution"])
+    nets["G"].load_state_dict(G.state_dict())
+    nets["G_ema"].load_state_dict(G.state_dict())
+    nets["D"].load_state_dict(D.state_dict())
+    return {"spec": spec, "nets": nets.state_dict()}
+
+
+def export_nvidia(state: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write a gangaps StyleGAN2 generator checkpoint (ours or converted) in NVIDIA's layout:
+    G_state_dict.pt (G_ema: the network NVIDIA's generate.py and calc_metrics.py sample),
+    D_state_dict.pt, config.json (what `convert-nvidia` reads; see docs/stylegan2.md for the
+    Generator(...) call in NVIDIA's code). Plain tensors via torch.save, no code."""
+    from gangaps.io import atomic_write_json
+
+    cfg = config_from_spec(state["spec"])
+    nets = state["nets"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, prefix in (("G_state_dict.pt", "G_ema."), ("D_state_dict.pt", "D.")):
+        sd = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in nets.items()
+              if k.startswith(prefix)}
+        if not sd:
+            raise UserError(f"checkpoint has no {prefix.rstrip('.')} network to export")
+        tmp = out / f".{name}.tmp"
+        torch.save(sd, tmp)
+        tmp.replace(out / name)
+        files.append(out / name)
+    atomic_write_json(out / "config.json", cfg)
+    return [*files, out / "config.json"]

@@ -54,6 +54,11 @@ class StyleGAN2Family(GANFamily):
         "channel_max": 512,
         "mbstd_group_size": 4,
         "conv_clamp": 256,  # NVIDIA clamps activations whenever it trains in reduced precision
+        # architecture (NVIDIA's defaults; other values come with networks converted from theirs)
+        "g_architecture": "skip",
+        "d_architecture": "resnet",
+        "mbstd_num_channels": 1,
+        "use_noise": True,
         # loss
         "r1_gamma": None,  # None: NVIDIA's auto heuristic 0.0002·res²/batch
         "r1_interval": 16,
@@ -112,7 +117,14 @@ class StyleGAN2Family(GANFamily):
                                             or o["conv_clamp"] <= 0):
             raise UserError(f"gan.options.conv_clamp must be null or a number > 0 "
                             f"(got {o['conv_clamp']!r})")
-        for key in ("xflip", "channels_last"):
+        for key in ("g_architecture", "d_architecture"):
+            if o[key] not in ("orig", "skip", "resnet"):
+                raise UserError(f"gan.options.{key} must be orig, skip or resnet (got {o[key]!r})")
+        if isinstance(o["mbstd_num_channels"], bool) or not isinstance(o["mbstd_num_channels"], int) \
+                or o["mbstd_num_channels"] < 0:
+            raise UserError("gan.options.mbstd_num_channels must be an integer >= 0 "
+                            f"(got {o['mbstd_num_channels']!r})")
+        for key in ("xflip", "channels_last", "use_noise"):
             if not isinstance(o[key], bool):
                 raise UserError(f"gan.options.{key} must be true or false (got {o[key]!r})")
         if o["channel_max"] > 4096 or o["w_dim"] > 4096 or o["mapping_layers"] > 64:
@@ -141,9 +153,11 @@ class StyleGAN2Family(GANFamily):
         net = dict(channel_base=o["channel_base"], channel_max=o["channel_max"],
                    conv_clamp=o["conv_clamp"])
         G = Generator(z_dim=cfg.z_dim, w_dim=o["w_dim"], img_resolution=resolution,
-                      img_channels=channels, mapping_layers=o["mapping_layers"], **net)
+                      img_channels=channels, mapping_layers=o["mapping_layers"],
+                      architecture=o["g_architecture"], use_noise=o["use_noise"], **net)
         D = Discriminator(img_resolution=resolution, img_channels=channels,
-                          mbstd_group_size=o["mbstd_group_size"], **net)
+                          mbstd_group_size=o["mbstd_group_size"], architecture=o["d_architecture"],
+                          mbstd_num_channels=o["mbstd_num_channels"], **net)
         G_ema = copy.deepcopy(G).requires_grad_(False)
         augment = AugmentPipe(o["augment"], o["augment_policy"], o["ada_target"],
                               o["ada_interval"], o["ada_kimg"])
