@@ -88,6 +88,9 @@ class GANConfig(_Section):
         "the results, so a run resumes only with the same resolved size")
     tensorboard: bool = Field(False, description="also write TensorBoard events per instance "
                               "(pip install gangaps[tensorboard])")
+    snapshot_kimg: float = Field(0.0, ge=0, description="every this many kimg: a sample grid "
+                                 "and a network snapshot in gen_NN/snapshots/ (0: off)")
+    snapshots_kept: int = Field(5, ge=0, description="network snapshots kept (0: all)")
     bf16: bool = Field(False, description="CUDA: bf16 autocast of the networks")
     channels_last: bool = Field(False, description="CUDA: channels_last memory format")
     compile: bool = Field(False, description="torch.compile the networks (CUDA)")

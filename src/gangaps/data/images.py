@@ -6,7 +6,8 @@ safetensors file of uint8 [N, C, R, R] plus a JSON summary; unreadable files (tr
 corrupt, under MIN_SIDE or over MAX_PIXELS) are listed and skipped, never fatal. 16-bit images
 keep their top 8 bits; transparent pixels are composited onto black. A zip whose member names
 leave the archive (`../`, absolute paths) is refused whole.
-`load_image_dataset` reads such a cache (fast) or, failing that, decodes a folder or zip on
+`load_image_dataset` memory-maps such a cache (its checksum verified once per file version,
+recorded in a sidecar) or, failing that, decodes a folder or zip on
 the fly with the same pipeline (slow: every run pays the decoding).
 
 Images are ordered by their relative path, so the same files give the same tensor (and the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import time
 import warnings
@@ -32,8 +34,8 @@ from PIL import Image, ImageOps
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from gangaps.errors import UserError
-from gangaps.io import atomic_write_json, load_tensors, save_tensors
+from gangaps.errors import CorruptFile, UserError
+from gangaps.io import atomic_write_json, save_tensors, verify_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 FILTERS = {
@@ -221,18 +223,60 @@ def read_cache_meta(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def _verified_once(path: Path) -> None:
+    """Check the cache's checksum once per file version, not on every start.
+
+    A full read of a 14 GB cache on every start of every rank is what this avoids: the first
+    load verifies the whole file and records (size, mtime, inode, stored checksum) in a sidecar
+    `<cache>.verified.json`; later loads of the same file version trust that record. A rewrite
+    or copy of the cache changes the key, so it is verified again.
+    """
+    st = path.stat()
+    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    sidecar = path.with_name(path.name + ".verified.json")
+    try:
+        if json.loads(sidecar.read_text()) == key:
+            return
+    except (OSError, ValueError):
+        pass
+    problem = verify_file(path)
+    if problem is not None:
+        raise CorruptFile(path, problem)
+    try:
+        atomic_write_json(sidecar, key)
+    except OSError:  # a read-only data folder: verify again next time, still correct
+        pass
+
+
 def _load_cache(path: Path, resolution: int, channels: int) -> torch.Tensor:
+    """The cache's uint8 [N, C, R, R] tensor, memory-mapped (not read into RAM).
+
+    Batches gather only the pages they touch; processes on one node share the page cache.
+    The map is copy-on-write, so nothing can write through to the file.
+    """
     meta = read_cache_meta(path)
     if meta["resolution"] != resolution or meta["channels"] != channels:
         raise UserError(f"{path}: prepared at {meta['resolution']} px × {meta['channels']} "
                         f"channels, but data.resolution={resolution} data.channels={channels}; "
                         "prepare it again or change the config")
-    images = load_tensors(path)[0].get(_TENSOR_KEY)  # checksum verified
-    if images is None or images.dtype != torch.uint8 or images.ndim != 4 or \
-            tuple(images.shape[1:]) != (channels, resolution, resolution):
-        raise UserError(f"{path}: image tensor has unexpected shape {list(images.shape)} / "
-                        f"dtype {images.dtype}")
-    return images
+    _verified_once(path)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        entry = header[_TENSOR_KEY]
+        start, end = entry["data_offsets"]
+        shape = tuple(int(d) for d in entry["shape"])
+        ok = entry["dtype"] == "U8" and len(shape) == 4 and end - start == math.prod(shape)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CorruptFile(path, "not a readable image cache (re-run gangaps prepare-data)") from None
+    if not ok or shape[1:] != (channels, resolution, resolution):
+        raise UserError(f"{path}: image tensor has unexpected shape {list(shape)} / "
+                        f"dtype {entry['dtype']}; re-run gangaps prepare-data")
+    if not shape[0]:
+        return torch.empty(shape, dtype=torch.uint8)
+    arr = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + n + start, shape=shape)
+    return torch.from_numpy(arr)
 
 
 # ----------------------------------------------------------------------------- public API

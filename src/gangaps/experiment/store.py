@@ -266,6 +266,8 @@ def _comparable(cfg: Config) -> dict:
     flat = _flatten(cfg.model_dump(mode="json", exclude={"resources"}))
     flat.pop("device", None)
     flat.pop("gan.tensorboard", None)
+    flat.pop("gan.snapshot_kimg", None)  # snapshots watch a run; they change no result
+    flat.pop("gan.snapshots_kept", None)
     return flat
 
 

@@ -39,6 +39,7 @@ from gangaps.train import distributed as ddp
 from gangaps.train.events import InstanceLog
 from gangaps.train.family import get_family
 from gangaps.train.fool import FoolSchedule, FoolTerm
+from gangaps.train.snapshots import snapshot_every, write_snapshot
 from gangaps.train.speed import instance_step_flops, peak_flops
 from gangaps.train.state import TrainState
 
@@ -116,6 +117,9 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
     ckpt_path = (jobs[0].out_dir if n == 1 else group_dir) / CHECKPOINT
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     state.load(ckpt_path)
+    snap_every = snapshot_every(gcfg)
+    if snap_every and writer and state.step and state.step % snap_every == 0:
+        write_snapshot(state, jobs, ckpt_path, gcfg, device)  # one a crash may have cut off
     logs = [InstanceLog(job.out_dir, state.step, gcfg.tensorboard, writer and job.write_checkpoint)
             for job in jobs]
     # first step of a non-finite loss per phase and instance, kept on the device (no sync per
@@ -194,8 +198,11 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
                            **{k: m[i] for k, m in means.items()}, **speed, "fool_lambda": lam})
             bar.set_postfix(img_s=f"{speed['img_per_s'] * n:.0f}")
             stats_sum, stats_n, t0, steps = {}, {}, time.perf_counter(), 0
-        if state.step % ckpt_every == 0 or state.step == total_steps:
+        snap = snap_every and state.step % snap_every == 0
+        if state.step % ckpt_every == 0 or state.step == total_steps or snap:
             state.save(ckpt_path)
+        if snap and writer:
+            write_snapshot(state, jobs, ckpt_path, gcfg, device)
     bar.close()
     for log in logs:
         log.close()
