@@ -18,6 +18,7 @@ import torch
 
 from gangaps.cli import main
 from gangaps.errors import UserError
+from gangaps.experiment.executors import start_ray
 from gangaps.experiment.joblock import job_lock, lock_holder
 from gangaps.experiment.status import status_text
 from tests.conftest import tiny_overrides
@@ -27,13 +28,14 @@ ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "mnist-dcgan.yaml")
 # groups of two: the train instances 0+1 fused, the held-out 2 alone (classifiers need not
-# wait for it)
-OVERRIDES = tiny_overrides(**{"evaluation.fid": "lenet", "gan.group_size": 2})
+# wait for it); one thread per job, generators too, for the float sums of the local run
+OVERRIDES = tiny_overrides(**{"evaluation.fid": "lenet", "gan.group_size": 2,
+                              "resources.generator_cpus": 1})
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    start_ray(num_cpus=2)  # as the executor starts a cluster of this machine
     yield
     ray.shutdown()
 
@@ -80,6 +82,7 @@ def test_ray_gives_the_records_of_local(cluster, local_run, data_root, tmp_path)
     log = _log(out)
     assert len(log) == 22 and {r["pid"] for r in log}.isdisjoint({os.getpid()})
     assert {r["threads"] for r in log} == {1}  # resources.cpus=1: one torch thread per job
+    assert {r["nice"] for r in log} == {os.nice(0)}  # workers not niced below the driver
     # the overlap the graph allows: a job of iteration 1 starts before iteration 0's last ends
     end0 = max(r["end"] for r in log if r["iteration"] == 0)
     assert min(r["start"] for r in log if r["iteration"] == 1) < end0

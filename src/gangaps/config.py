@@ -154,6 +154,9 @@ class ResourcesConfig(_Section):
     evaluation_gpus: float = Field(0.25, ge=0, le=1, description="GPU share of an evaluation job")
     cpus: int = Field(1, ge=1, description="CPUs per job, also its torch thread count (the "
                       "cluster never runs more jobs on a node than its CPUs allow)")
+    generator_cpus: int | None = Field(None, ge=1, description="CPUs (torch threads) of a "
+                                       "generator job; null: resources.cpus, but a fused group "
+                                       "training on CPUs asks for one per instance, up to a node's")
     max_retries: int = Field(3, ge=0, description="retries of a job whose worker died (killed, "
                              "node lost); a job's own error is never retried")
 

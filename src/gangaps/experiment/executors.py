@@ -80,10 +80,18 @@ class LocalExecutor:
 
 
 # -- ray ------------------------------------------------------------------------------------
-def job_resources(cfg: Config, job: Job, gpus: bool) -> dict[str, float]:
-    """What one job asks of the cluster: GPU share by kind (and family), CPUs otherwise."""
+def job_resources(cfg: Config, job: Job, gpus: bool, node_cpus: int = 1) -> dict[str, float]:
+    """What one job asks of the cluster: GPU share by kind (and family), CPUs by kind. A fused
+    generator group on CPUs is the critical path of its iteration (what follows waits for
+    it), so by default it asks for a thread per instance, up to one node's CPUs."""
     r = cfg.resources
-    out: dict[str, float] = {"num_cpus": r.cpus}
+    cpus = r.cpus
+    if job.kind == GENERATOR:
+        if r.generator_cpus is not None:
+            cpus = r.generator_cpus
+        elif not gpus:  # on a GPU one thread launches the kernels of the whole group
+            cpus = max(r.cpus, min(len(job.generators), node_cpus))
+    out: dict[str, float] = {"num_cpus": cpus}
     if gpus:
         share = {GENERATOR: r.generator_gpus, CLASSIFIER: r.classifier_gpus,
                  EVALUATION: r.evaluation_gpus}[job.kind]
@@ -94,13 +102,54 @@ def job_resources(cfg: Config, job: Job, gpus: bool) -> dict[str, float]:
 
 
 def _task(work: Work, threads: int, job: Job) -> dict:
-    """A job in a Ray worker: torch threads = its CPU share; the GPU Ray gave it, if any."""
+    """A job in a Ray worker: torch threads = its CPU share; the GPUs Ray gave it, if any."""
     import ray
     import torch
     torch.set_num_threads(threads)
-    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    ids = [str(i) for i in ray.get_gpu_ids()]
+    if ids:  # exactly these, whatever the worker's environment said (Ray sets it by default)
+        if torch.cuda.is_initialized():  # a reused worker: its CUDA is bound to other GPUs
+            raise RuntimeError("a GPU job reached a worker whose CUDA is already initialised")
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    device = "cuda" if ids else "cpu"
     return {**work(job, device), "host": socket.gethostname(), "pid": os.getpid(),
-            "threads": torch.get_num_threads(), "device": device}
+            "threads": torch.get_num_threads(), "device": device, "gpu_ids": ids,
+            "nice": os.nice(0)}
+
+
+def _gpu_task(work: Work, threads: int, job: Job) -> dict:
+    """`_task` for a job with a GPU share, in a fresh worker (max_calls=1, set where Ray wraps
+    it: `.options()` cannot): a reused worker keeps the CUDA context of the GPU it had first,
+    so it would train there, not on the GPU Ray assigned this time."""
+    return _task(work, threads, job)
+
+
+def start_ray(address: str | None = None, **local: float) -> None:
+    """Join the Ray cluster at `address`, or start one of this machine alone (`local`: ray.init's
+    num_cpus / num_gpus; default all of the machine's). Ray nices its workers to 15, below the
+    driver and anything else running; the cluster started here runs them at the driver's
+    niceness (one started by `ray start` takes RAY_worker_niceness=0 from its environment)."""
+    import ray
+    if ray.is_initialized():
+        return
+    opts: dict = {"include_dashboard": False, "logging_level": "ERROR"}
+    if address is None:
+        opts.update(local, _system_config={"worker_niceness": os.nice(0)})
+    try:
+        ray.init(address=address, **opts)
+    except ConnectionError as e:
+        raise UserError(f"--address {address}: no Ray cluster there ({e})") from None
+
+
+def cluster_gpus(address: str | None = None) -> float:
+    """The GPUs of the Ray cluster at `address` (joined, or started: see `start_ray`)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'gangaps[ray]' "
+                        "(on the driver and on every node)") from None
+    start_ray(address)
+    return ray.cluster_resources().get("GPU", 0)
 
 
 def _worker_env() -> dict[str, str]:
@@ -116,25 +165,18 @@ class RayExecutor:
     """Each job a Ray task, submitted once its dependencies are done."""
 
     def __init__(self, cfg: Config, address: str | None = None) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise UserError("--executor ray needs Ray: pip install 'gangaps[ray]' "
-                            "(on the driver and on every node)") from None
+        n_gpus = cluster_gpus(address)
+        import ray
         self.cfg, self.ray = cfg, ray
-        if not ray.is_initialized():  # None: start a cluster of this machine alone
-            try:
-                ray.init(address=address, include_dashboard=False, logging_level="ERROR")
-            except ConnectionError as e:
-                raise UserError(f"--address {address}: no Ray cluster there ({e})") from None
-        n_gpus = ray.cluster_resources().get("GPU", 0)
         if cfg.device.startswith("cuda") and not n_gpus:
             raise UserError(f"device={cfg.device} but the Ray cluster has no GPU")
         self.gpus = n_gpus > 0 and cfg.device != "cpu"
+        self.node_cpus = max((int(n["Resources"].get("CPU", 1)) for n in ray.nodes()
+                              if n.get("Alive")), default=1)
 
     def run(self, jobs: list[Job], work: Work, progress: Progress) -> None:
         ray = self.ray
-        task = ray.remote(_task)
+        tasks = {False: ray.remote(_task), True: ray.remote(max_calls=1)(_gpu_task)}
         env = {"env_vars": _worker_env()}
         waiting = {j.key: j for j in jobs}  # deps outside `jobs` are done already
         order = {j.key: i for i, j in enumerate(jobs)}
@@ -148,7 +190,8 @@ class RayExecutor:
                 ready.sort(key=lambda j: (j.kind != GENERATOR, j.kind != CLASSIFIER,
                                           order[j.key]))
                 for job in ready:
-                    res = job_resources(self.cfg, job, self.gpus)
+                    res = job_resources(self.cfg, job, self.gpus, self.node_cpus)
+                    task = tasks[res.get("num_gpus", 0) > 0]
                     ref = task.options(**res, max_retries=self.cfg.resources.max_retries,
                                        retry_exceptions=False, runtime_env=env,
                                        name=job.key).remote(work, max(1, int(res["num_cpus"])),

@@ -24,7 +24,7 @@ import torch
 from gangaps.config import Config, from_dict
 from gangaps.data import RealData, load_real
 from gangaps.errors import CorruptFile, UserError
-from gangaps.experiment.executors import Progress, make_executor
+from gangaps.experiment.executors import Progress, cluster_gpus, make_executor
 from gangaps.experiment.graph import Job, build_graph
 from gangaps.experiment.jobs import (
     JobContext,
@@ -100,7 +100,7 @@ class Runner:
         # the written config holds the group size in effect: fused and one-by-one training
         # agree only to float tolerance, so a run resumes only with the same grouping
         cfg = _resolve_group_size(cfg, out, self.device if ddp.launched_by_torchrun() else
-                                  _job_device(cfg, local))
+                                  _job_device(cfg, local, address))
         self.cfg = cfg
         self.main = ddp.rank() == 0
         if self.main:  # validates and writes the config; an error stops every rank
@@ -133,11 +133,13 @@ class Runner:
         return todo
 
 
-def _job_device(cfg: Config, local: bool) -> torch.device:
-    """The device generator jobs will train on: the local one, or on a Ray cluster what
-    `device` asks for (auto: CPU's group size, the safe choice before the cluster is seen)."""
+def _job_device(cfg: Config, local: bool, address: str | None = None) -> torch.device:
+    """The device generator jobs will train on: the local one, or on a Ray cluster (joined or
+    started here) what `device` asks for, auto: CUDA when the cluster has GPUs."""
     if local:
         return resolve_device(cfg.device)
+    if cfg.device == "auto":
+        return torch.device("cuda" if cluster_gpus(address) else "cpu")
     return torch.device("cuda" if cfg.device.startswith("cuda") else "cpu")
 
 
