@@ -274,6 +274,10 @@ def evaluate_sources(classifier: str | Path, real: str | Path | None, sources: S
     res, ch = spec["resolution"], spec["in_channels"]
     fixed = model.input_size if getattr(model, "fixed_input", False) else None
     sides = _Sides(res, ch, resize, quiet, seed, dev)
+    for s in sources:  # every cheap check before the first image is decoded
+        for flag, path in (("--real", s.real or shared), (f"--fake {s.name}", s.fake)):
+            if path is not None:
+                sides._check_channels(flag, path)
     native_real: dict[Path, list[torch.Tensor]] = {}
     real_logits: dict[tuple[Path, Perturbation], tuple[torch.Tensor, list[int]]] = {}
     rows = []
