@@ -198,3 +198,129 @@ def test_bad_training_value_names_the_flag(faces: Path, tmp_path: Path, capsys: 
     err = _one_line_error(_train_args(faces, tmp_path / "o", "--weight-decay", "-1"), capsys)
     assert "--weight-decay" in err
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------- many sources, native pixels, sweeps
+
+
+def _eval_json(argv: list[str], path: Path) -> dict:
+    assert main([*argv, "--json", str(path), "-q"]) == 0
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def more_fakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 StyleGAN files neither in train/ nor in test/: a second fake source."""
+    root = tmp_path_factory.mktemp("more")
+    for f in sorted((FACES / "stylegan_fake").glob("*.jpg"))[N_TRAIN + N_TEST:N_TRAIN + 2 * N_TEST]:
+        shutil.copy(f, root / f.name)
+    return root
+
+
+def test_many_sources_equal_single_source_runs(trained: Path, faces: Path, more_fakes: Path,
+                                               tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    clf = str(trained / "classifier.safetensors")
+    real, fake_a = str(faces / "test/real"), str(faces / "test/fake")
+    # a folder of folders in CNNDetection's layout: each source has its own 0_real / 1_fake
+    cnndet = tmp_path / "cnndet" / "styleganB"
+    shutil.copytree(faces / "train/real", cnndet / "0_real")
+    shutil.copytree(more_fakes, cnndet / "1_fake")
+    out = tmp_path / "table"
+    capsys.readouterr()
+    assert main(["evaluate-classifier", clf, "--real", real, "--fake", f"stylegan={fake_a}",
+                 "--fake", f"more={more_fakes}", "--sources", str(cnndet.parent), "--bootstrap", "100",
+                 "--out", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "| stylegan |" in printed and "| more |" in printed and "| styleganB |" in printed
+    table = json.loads((out / "eval.json").read_text())
+    rows = {r["source"]: r for r in table["rows"]}
+    assert list(rows) == ["stylegan", "more", "styleganB"]
+    pairs = {"stylegan": (real, fake_a), "more": (real, str(more_fakes)),
+             "styleganB": (str(cnndet / "0_real"), str(cnndet / "1_fake"))}
+    for name, (r_src, f_src) in pairs.items():
+        single = _eval_json(["evaluate-classifier", clf, "--real", r_src, "--fake", f_src, "--bootstrap",
+                             "100"], tmp_path / f"{name}.json")
+        row = rows[name]
+        assert (row["n_real"], row["n_fake"]) == (single["n_real"], single["n_fake"])
+        for m in ("accuracy", "oracle_accuracy", "real_recall", "fake_recall", "ap", "auc"):
+            assert row[m] == single[m], (name, m)
+            assert row["ci95"][m] == single["ci95"][m], (name, m)
+    assert rows["styleganB"]["n_real"] == N_TRAIN  # its own real side, not --real
+    csv_lines = (out / "eval.csv").read_text().splitlines()
+    assert len(csv_lines) == 4 and "oracle_accuracy_lo" in csv_lines[0]
+    md = (out / "eval.md").read_text()
+    assert "resized (Lanczos)" in md and "best-thr acc" in md
+
+
+def test_resized_and_native_pixels_differ_and_say_which(trained: Path, faces: Path, tmp_path: Path) -> None:
+    clf = str(trained / "classifier.safetensors")
+    argv = ["evaluate-classifier", clf, "--real", str(faces / "test/real"), "--fake",
+            f"sg={faces / 'test/fake'}", "--bootstrap", "0"]
+    assert main([*argv, "--out", str(tmp_path / "resized"), "-q"]) == 0
+    assert main([*argv, "--no-resize", "--out", str(tmp_path / "native"), "-q"]) == 0
+    resized = json.loads((tmp_path / "resized/eval.json").read_text())["rows"][0]
+    native = json.loads((tmp_path / "native/eval.json").read_text())["rows"][0]
+    assert resized["pixels"] == "resized to 32 px" and native["pixels"] == "native 256 px"
+    assert native["ap"] != resized["ap"] and native["auc"] != resized["auc"]
+    assert "| native 256 px |" in (tmp_path / "native/eval.md").read_text()
+    assert "native pixels, no resize" in (tmp_path / "native/eval.md").read_text()
+    assert ",native 256 px," in (tmp_path / "native/eval.csv").read_text()
+    # the native logits are the network's on the 256 px files themselves
+    model = load_classifier(trained / "classifier.safetensors")
+    r256, f256 = (load_image_dataset(faces / "test" / s, 256, 3) for s in ("real", "fake"))
+    m = detection_metrics(classify(model, r256, resize=False), classify(model, f256, resize=False))
+    assert native["ap"] == pytest.approx(m["ap"]) and native["accuracy"] == pytest.approx(m["accuracy"])
+
+
+def test_fixed_input_network_is_cropped_or_tiled_at_native_pixels(faces: Path, tmp_path: Path) -> None:
+    from gangaps.detector_eval import score
+    from gangaps.models.classifiers import build_classifier
+    from gangaps.train.classifier import save_classifier
+    torch.manual_seed(0)
+    model = build_classifier("dcgan_d", 3, 64, width=4)  # flatten + dense: 64 px inputs only
+    path = tmp_path / "dcgan_d.safetensors"
+    save_classifier(path, model, "dcgan_d", {"width": 4}, 3, 64, {})
+    argv = ["evaluate-classifier", str(path), "--real", str(faces / "test/real"), "--fake",
+            str(faces / "test/fake"), "--bootstrap", "0", "--no-resize"]
+    crop = _eval_json([*argv, "--fit", "crop"], tmp_path / "crop.json")
+    tile = _eval_json([*argv, "--fit", "tile"], tmp_path / "tile.json")
+    assert crop["pixels"] == "native 256 px, centre 64 px crop"
+    assert tile["pixels"] == "native 256 px, mean of 16 64 px tiles"
+    model = load_classifier(path)
+    real = load_image_dataset(faces / "test/real", 256, 3)
+    by_hand = torch.stack([classify(model, real[:, :, t:t + 64, s:s + 64].contiguous(), resize=False)
+                           for t in range(0, 256, 64) for s in range(0, 256, 64)]).mean(0)
+    got = score(model, list(real), torch.device("cpu"), resize=False, fit="tile")
+    torch.testing.assert_close(got, by_hand)
+    assert crop["ap"] != tile["ap"]
+
+
+def test_robustness_sweep_table_and_figure(trained: Path, faces: Path, more_fakes: Path,
+                                           tmp_path: Path) -> None:
+    clf = str(trained / "classifier.safetensors")
+    argv = ["evaluate-classifier", clf, "--real", str(faces / "test/real"), "--fake",
+            f"a={faces / 'test/fake'}", "--fake", f"b={more_fakes}", "--jpeg-quality", "90,30",
+            "--blur-sigma", "0,2", "--bootstrap", "50",
+            "-q", "--out"]
+    assert main([*argv, str(tmp_path / "one")]) == 0
+    r = json.loads((tmp_path / "one/eval.json").read_text())
+    got = [(row["source"], row["perturbation"]) for row in r["rows"]]
+    assert got == [(s, p) for s in "ab" for p in ("none", "JPEG q=90", "JPEG q=30", "blur σ=2")]
+    aps = {(row["source"], row["perturbation"]): row["ap"] for row in r["rows"]}
+    assert aps["a", "JPEG q=30"] != aps["a", "none"] and aps["a", "blur σ=2"] != aps["a", "none"]
+    assert (tmp_path / "one/robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([*argv, str(tmp_path / "two")]) == 0  # seeded: the same numbers again
+    assert (tmp_path / "one/eval.csv").read_text() == (tmp_path / "two/eval.csv").read_text()
+
+
+def test_bad_many_source_inputs_are_one_line(trained: Path, faces: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    clf = str(trained / "classifier.safetensors")
+    base = ["evaluate-classifier", clf, "--real", str(faces / "test/real")]
+    assert "JPEG quality" in _one_line_error([*base, "--fake", str(faces / "test/fake"),
+                                              "--jpeg-quality", "120"], capsys)
+    assert "repeat" in _one_line_error([*base, "--fake", f"x={faces / 'test/fake'}", "--fake",
+                                        f"x={faces / 'test/real'}"], capsys)
+    assert "no fake source" in _one_line_error(base, capsys)
+    (tmp_path / "empty").mkdir()
+    assert "no subfolders" in _one_line_error([*base, "--sources", str(tmp_path / "empty")], capsys)

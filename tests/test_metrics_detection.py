@@ -9,10 +9,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from gangaps.metrics.detection import (
     METRICS,
+    ORACLE,
     bootstrap_ci,
     bootstrap_values,
     detection_metrics,
     mean_std,
+    oracle_accuracy,
 )
 
 
@@ -130,3 +132,34 @@ def test_mean_std() -> None:
     assert mean_std(torch.tensor([1.0, 3.0])) == (2.0, pytest.approx(2**0.5))
     with pytest.raises(ValueError):
         mean_std([])
+
+
+def _oracle_by_brute_force(real: np.ndarray, fake: np.ndarray) -> float:
+    """Balanced accuracy at every threshold t (called real iff logit > t), the best one."""
+    ts = np.r_[-np.inf, np.unique(np.r_[real, fake])]
+    return max((np.mean(real > t) + np.mean(fake <= t)) / 2 for t in ts)
+
+
+@pytest.mark.parametrize("decimals", [None, 1, 0])
+def test_oracle_accuracy_is_the_best_threshold_balanced_accuracy(decimals: int | None) -> None:
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(2.0, 1.0, 97), rng.normal(1.0, 1.0, 61)  # biased: both mostly > 0
+    if decimals is not None:
+        real, fake = real.round(decimals), fake.round(decimals)
+    got = oracle_accuracy(real, fake)
+    assert got == pytest.approx(_oracle_by_brute_force(real, fake), abs=1e-12)
+    assert got > detection_metrics(real, fake)["accuracy"] + 0.05  # the bias costs logit-0 accuracy
+    assert oracle_accuracy([1.0, 2.0], [-1.0]) == 1.0
+    assert oracle_accuracy([0.0, 0.0], [0.0]) == 0.5  # one tie block: nothing separates them
+    assert oracle_accuracy([-1.0, -2.0], [1.0, 2.0]) == 0.5  # inverted: no threshold does better
+
+
+def test_oracle_accuracy_bootstrap_equals_a_per_resample_reference() -> None:
+    rng = np.random.default_rng(5)
+    real, fake = rng.normal(0.5, 1, 40).round(1), rng.normal(-0.5, 1, 25).round(1)
+    got = bootstrap_values(real, fake, ORACLE, n_boot=20, seed=7)
+    g_real, g_fake = torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)
+    ir = torch.randint(real.size, (20, real.size), generator=g_real).numpy()
+    if_ = torch.randint(fake.size, (20, fake.size), generator=g_fake).numpy()
+    want = [_oracle_by_brute_force(real[ir[i]], fake[if_[i]]) for i in range(20)]
+    np.testing.assert_allclose(got, want, atol=1e-12)

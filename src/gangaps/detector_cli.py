@@ -19,17 +19,16 @@ from typing import Any
 import torch
 import yaml
 from pydantic import ValidationError
-from tqdm.auto import tqdm
 
 from gangaps.config import ClassifierTrainingConfig
 from gangaps.data.augment import DetectorAugment
 from gangaps.data.images import IMAGE_EXTENSIONS, cache_name, load_image_dataset, read_cache_meta
 from gangaps.errors import UserError
 from gangaps.io import atomic_write_json, read_json
-from gangaps.metrics.detection import METRICS, bootstrap_ci, detection_metrics
 from gangaps.models.classifiers import ARCHITECTURES, build_classifier
-from gangaps.train.classifier import FINAL, classify, fit_classifier, generator_fakes, save_classifier
+from gangaps.train.classifier import FINAL, fit_classifier, generator_fakes, save_classifier
 
+FITS = ("crop", "tile")  # --no-resize with a fixed-input network (gangaps.detector_eval)
 SETTINGS = "settings.json"
 SUMMARY = "summary.json"
 
@@ -55,11 +54,15 @@ examples:
       --n-fake 20000 --arch small_cnn --resolution 28 --channels 1 --out clf/it0"""
 
 EVAL_EPILOG = FOLDERS + """
-The images are read at the classifier's own resolution and channels.
+The images are read at the classifier's own resolution and channels (--no-resize: native pixels).
 
-example:
+examples:
   gangaps evaluate-classifier clf/r18/classifier.safetensors --real test/0_real \\
-      --fake test/1_fake --json clf/r18/test.json"""
+      --fake test/1_fake --json clf/r18/test.json
+  gangaps evaluate-classifier clf/r18/classifier.safetensors --real faces/real \\
+      --fake stylegan=faces/stylegan --fake progan=faces/progan --no-resize --out eval/r18
+  gangaps evaluate-classifier clf/r50/classifier.safetensors --sources cnndet_test/ \\
+      --jpeg-quality 100,90,75,50 --blur-sigma 0,1,2 --out eval/robust"""
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -347,72 +350,60 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------- evaluate-classifier
 
 
-def _logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device, label: str,
-            quiet: bool, flip_tta: bool, batch: int = 500) -> torch.Tensor:
-    out = []
-    for i in tqdm(range(0, len(images), batch), desc=label, unit="batch", leave=False,
-                  disable=quiet, dynamic_ncols=True):
-        out.append(classify(model, images[i:i + batch], device, batch_size=batch, flip_tta=flip_tta))
-    return torch.cat(out)
-
-
 def evaluate(classifier: str | Path, real: str | Path, fake: str | Path, bootstrap: int = 1000,
              device: str = "auto", seed: int = 0, quiet: bool = True,
-             flip_tta: bool = False) -> dict[str, Any]:
-    """Metrics (and bootstrap 95 % CIs) of a saved classifier on a real and a fake source.
+             flip_tta: bool = False, resize: bool = True, fit: str = "crop") -> dict[str, Any]:
+    """Metrics (and bootstrap 95 % CIs) of a saved classifier on one real and one fake source
+    (the single-source `--json` layout); many sources: `gangaps.detector_eval.evaluate_sources`.
 
     flip_tta scores each image by the mean logit of it and its mirror image.
     """
-    from gangaps.io import load_state
-    from gangaps.train.classifier import load_classifier
+    from gangaps.detector_eval import Source, evaluate_sources, single_source_record
+    src = Source(Path(fake).name, fake=_check_source("--fake", str(fake)))
+    return single_source_record(evaluate_sources(classifier, real, [src], resize=resize, fit=fit,
+                                                 bootstrap=bootstrap, device=device, seed=seed,
+                                                 quiet=quiet, flip_tta=flip_tta))
 
-    clf = _check_source("classifier", str(classifier))
-    if not clf.is_file():
-        raise UserError(f"classifier: {clf} is not a file (expected classifier.safetensors)")
+
+def _floats(text: str | None, flag: str, cast: type) -> list:
+    if not text:
+        return []
     try:
-        spec = load_state(clf)["spec"]
-    except Exception:  # not safetensors, or not one written by save_classifier
-        raise UserError(f"classifier: {clf} is not a classifier written by gangaps") from None
-    dev = _device(device)
-    model = load_classifier(clf, dev)
-    res, ch = spec["resolution"], spec["in_channels"]
-    paths = {"--real": _check_source("--real", str(real)), "--fake": _check_source("--fake", str(fake))}
-    for flag, p in paths.items():
-        c = _source_channels(p, res)
-        if c is not None and c != ch:
-            raise UserError(f"mismatched channels: {flag} is a {c}-channel cache, the classifier "
-                            f"takes {ch}")
-    real_u8 = _load("--real", paths["--real"], res, ch, quiet)
-    fake_u8 = _load("--fake", paths["--fake"], res, ch, quiet)
-    rl = _logits(model, real_u8, dev, "real", quiet, flip_tta)
-    fl = _logits(model, fake_u8, dev, "fake", quiet, flip_tta)
-    metrics = detection_metrics(rl, fl)
-    ci = {m: list(bootstrap_ci(rl, fl, m, bootstrap, seed=seed)) for m in METRICS} if bootstrap else {}
-    return {"classifier": str(clf), "arch": spec["arch"], "options": spec["options"], "resolution": res,
-            "channels": ch, "real": str(paths["--real"]), "fake": str(paths["--fake"]),
-            "n_real": len(real_u8), "n_fake": len(fake_u8), "flip_tta": flip_tta, "bootstrap": bootstrap,
-            **metrics, "ci95": ci}
-
-
-def format_report(r: dict[str, Any]) -> str:
-    tta = ", logits averaged with the mirror image's" if r.get("flip_tta") else ""
-    lines = [f"classifier {r['classifier']} ({r['arch']}, {r['resolution']} px, {r['channels']} ch{tta})",
-             f"real: {r['n_real']} images from {r['real']}", f"fake: {r['n_fake']} images from {r['fake']}",
-             f"{'metric':<12} {'value':>7}   95% CI" + (f" ({r['bootstrap']} bootstrap)" if r["ci95"] else "")]
-    for m in METRICS:
-        ci = r["ci95"].get(m)
-        lines.append(f"{m:<12} {r[m]:7.4f}" + (f"   [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
-    return "\n".join(lines)
+        return [cast(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 100,90,75") from None
 
 
 def cmd_evaluate_classifier(args: argparse.Namespace) -> None:
+    from gangaps import detector_eval as de
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    r = evaluate(args.classifier, args.real, args.fake, args.bootstrap, args.device, args.seed, args.quiet,
-                 args.flip_tta)
-    print(format_report(r))
+    if args.run is None and (args.iteration is not None or args.instances is not None):
+        raise UserError("--iteration/--instances go with --run")
+    perturbations = de.sweep(_floats(args.jpeg_quality, "--jpeg-quality", int),
+                             _floats(args.blur_sigma, "--blur-sigma", float))
+    sources = de.fake_sources(args.fake)
+    if args.sources:
+        sources += de.folder_sources(args.sources)
+    if args.run is not None:
+        gens = []
+        for k in _floats(args.iteration, "--iteration", int) or [None]:
+            gens += _generators(argparse.Namespace(run=args.run, iteration=k, instances=args.instances))
+        sources += de.generator_sources(gens)
+    if args.n_fake is not None and args.n_fake < 2:
+        raise UserError(f"--n-fake must be at least 2, got {args.n_fake}")
+    r = de.evaluate_sources(args.classifier, args.real, sources, perturbations, resize=not args.no_resize,
+                            fit=args.fit, bootstrap=args.bootstrap, device=args.device, seed=args.seed,
+                            quiet=args.quiet, flip_tta=args.flip_tta, n_fake=args.n_fake)
+    # one unnamed --fake and no sweep: the single-source report and --json layout, as before
+    single = (len(args.fake) == 1 and "=" not in args.fake[0] and not args.sources and args.run is None
+              and len(perturbations) == 1)
+    print(de.format_report(r) if single else de.markdown_table(r))
     if args.json:
-        atomic_write_json(Path(args.json).expanduser(), r)
+        atomic_write_json(Path(args.json).expanduser(), de.single_source_record(r) if single else r)
+    if args.out:
+        for path in de.write_outputs(r, Path(args.out).expanduser()):
+            print(f"wrote {path}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------- argparse
@@ -489,20 +480,44 @@ def add_detector_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "evaluate-classifier", formatter_class=fmt, epilog=EVAL_EPILOG,
-        help="accuracy, real/fake recall, AP, AUC (95%% CIs) of a detector on real and fake folders",
-        description="Score a trained classifier on real and fake images: balanced accuracy at\n"
-                    "logit 0, real and fake recall, average precision and ROC-AUC (fake =\n"
-                    "positive), each with a percentile-bootstrap 95% interval over images.")
+        help="accuracy, best-threshold accuracy, recalls, AP, AUC (95%% CIs) of a detector on many "
+             "fake sources, resized or at native pixels, optionally under JPEG/blur",
+        description="Score a trained classifier on real vs fake images, one row per fake source\n"
+                    "(and perturbation): balanced accuracy at logit 0, best-threshold balanced\n"
+                    "accuracy, real and fake recall, average precision and ROC-AUC (fake =\n"
+                    "positive), each with its n and a percentile-bootstrap 95% interval.")
     p.add_argument("classifier", help="classifier.safetensors written by train-classifier or a run")
-    p.add_argument("--real", required=True, metavar="SRC", help="real images (folder, zip or cache)")
-    p.add_argument("--fake", required=True, metavar="SRC", help="fake images (folder, zip or cache)")
+    p.add_argument("--real", metavar="SRC", help="real images (folder, zip or cache); optional when "
+                   "every --sources subfolder has its own 0_real")
+    p.add_argument("--fake", action="append", default=[], metavar="[NAME=]SRC",
+                   help="fake images (folder, zip or cache), repeatable; NAME labels the row "
+                        "(default: the folder's name)")
+    p.add_argument("--sources", metavar="DIR", help="a folder of folders, one fake source each: "
+                   "NAME/ of fakes, or CNNDetection's NAME/0_real + NAME/1_fake")
+    p.add_argument("--run", metavar="RUNDIR", help="also score this run's finished generators, one row each")
+    p.add_argument("--iteration", metavar="K[,K]", help="with --run: the iteration(s)")
+    p.add_argument("--instances", metavar="I,J", help="with --run: generator instances (default: all finished)")
+    p.add_argument("--n-fake", type=int, metavar="N",
+                   help="with --run: samples per generator (default: as many as real images)")
+    p.add_argument("--no-resize", action="store_true",
+                   help="native pixels (centre-cropped to square, never resampled), as CNNDetection's "
+                        "no_resize; a network with a fixed input size gets --fit")
+    p.add_argument("--fit", choices=list(FITS), default="crop",
+                   help="with --no-resize, for networks that need a fixed input (flatten/dense heads): "
+                        "centre crop, or mean logit of tiles covering the image (default crop)")
+    p.add_argument("--jpeg-quality", metavar="Q,Q", help="robustness sweep: also score every source "
+                   "after JPEG at each quality, e.g. 100,90,75,50")
+    p.add_argument("--blur-sigma", metavar="S,S", help="robustness sweep: also after Gaussian blur of "
+                   "each σ px, e.g. 0,1,2 (one factor at a time, on native pixels, both sides)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    p.add_argument("--out", metavar="DIR", help="write eval.csv, eval.md, eval.json (and robustness.png "
+                   "for a sweep) here")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed; also the sample seed of --run "
+                   "generators (as `gangaps generate --seed`)")
     p.add_argument("--flip-tta", action="store_true",
                    help="score each image by the mean logit of it and its horizontal mirror "
                         "(for detectors trained with --flip)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate_classifier)
-

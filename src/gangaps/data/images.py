@@ -112,10 +112,11 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # gray, CMYK, YCbCr, LAB: one colour model for all
 
 
-def decode_image(data: bytes, resolution: int, center_crop: bool = True,
+def decode_image(data: bytes, resolution: int | None, center_crop: bool = True,
                  resample: Image.Resampling = Image.Resampling.LANCZOS,
                  channels: int = 3) -> np.ndarray:
-    """bytes -> uint8 [R, R, C]. UserError (one line) for anything that is not a usable image."""
+    """bytes -> uint8 [R, R, C] (resolution None: the native pixels, no resampling). UserError
+    (one line) for anything that is not a usable image."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
@@ -131,16 +132,36 @@ def decode_image(data: bytes, resolution: int, center_crop: bool = True,
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"not a readable image ({msg})") from None
+    return _fit(im, resolution, center_crop, resample, channels)
+
+
+def _fit(im: Image.Image, resolution: int | None, center_crop: bool, resample: Image.Resampling,
+         channels: int) -> np.ndarray:
+    """An RGB PIL image -> uint8 [R, R, C]: centre crop, resize (unless None), channels."""
     if center_crop and im.width != im.height:
         s = min(im.width, im.height)
         left, top = (im.width - s) // 2, (im.height - s) // 2
         im = im.crop((left, top, left + s, top + s))
-    if im.size != (resolution, resolution):
+    if resolution is not None and im.size != (resolution, resolution):
         im = im.resize((resolution, resolution), resample)
     if channels == 1:
         im = im.convert("L")
     arr = np.array(im, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def resize_images(images: list[torch.Tensor] | torch.Tensor, resolution: int,
+                  channels: int) -> torch.Tensor:
+    """uint8 [C, S, S] images (C = 1 or 3, any S) -> uint8 [N, channels, R, R], with exactly
+    the steps `decode_image` takes for an image file of those pixels (RGB, Lanczos resize,
+    gray last), so resizing decoded or generated pixels gives what the file would."""
+    out = torch.empty(len(images), channels, resolution, resolution, dtype=torch.uint8)
+    for i, img in enumerate(images):
+        arr = img.permute(1, 2, 0).numpy()
+        im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB")
+        out[i] = torch.from_numpy(_fit(im, resolution, True, Image.Resampling.LANCZOS,
+                                       channels)).permute(2, 0, 1)
+    return out
 
 
 def _decode_all(src: Path, resolution: int, channels: int, center_crop: bool,
@@ -339,3 +360,50 @@ def prepare_data(src: str | Path, dst: str | Path, resolution: int, center_crop:
     _write_cache(cache, images, meta)
     atomic_write_json(cache.with_suffix(".json"), summary)
     return summary
+
+
+def load_native_images(path: str | Path, channels: int) -> list[torch.Tensor]:
+    """Every image of a folder (recursive) or zip at its own pixels: uint8 [C, S, S] each,
+    centre-cropped to square but never resampled (sides may differ between files), in name
+    order. A prepared cache (a .safetensors file, or a folder holding only caches) has no
+    other pixels than its own: its images at its resolution (the largest cache of a folder)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"not found: {p}")
+    caches = sorted(p.glob("images-*.safetensors")) if p.is_dir() else []
+    if p.is_dir() and caches and not any(f.is_file() and _is_image(f.name) for f in p.rglob("*")):
+        p = max(caches, key=lambda c: read_cache_meta(c)["resolution"])
+    if p.is_file() and p.suffix == ".safetensors":
+        meta = read_cache_meta(p)
+        return list(_load_cache(p, int(meta["resolution"]), channels))
+    names, read, close = _list_source(p)
+    if not names:
+        close()
+        raise UserError(f"{p}: no images found ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+    def work(data: bytes | None) -> torch.Tensor | None:
+        try:
+            return torch.from_numpy(decode_image(data, None, True, channels=channels)).permute(2, 0, 1)
+        except Exception:  # as in prepare_data: an unreadable file is skipped, never fatal
+            return None
+
+    def read_or_none(name: str) -> bytes | None:
+        try:
+            return read(name)
+        except Exception:
+            return None
+
+    out: list[torch.Tensor] = []
+    try:  # bytes read here, in chunks (a zip is read by one thread), decoded by the pool
+        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+            for i in range(0, len(names), _CHUNK):
+                datas = [read_or_none(n) for n in names[i:i + _CHUNK]]
+                out += [x for x in pool.map(work, datas) if x is not None]
+    finally:
+        close()
+    if not out:
+        raise UserError(f"{p}: none of the {len(names)} image files could be decoded")
+    if len(out) < len(names):
+        warnings.warn(f"{p}: skipped {len(names) - len(out)} unreadable image(s) of {len(names)}",
+                      stacklevel=2)
+    return out

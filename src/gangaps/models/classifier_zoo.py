@@ -145,7 +145,7 @@ def _resnet(
     nn.init.normal_(net.fc.weight, 0.0, 0.02)
     nn.init.zeros_(net.fc.bias)
     return GANClassifier(net, in_channels, input_size=input_size, mean=IMAGENET_MEAN,
-                         std=IMAGENET_STD, net_channels=3)
+                         std=IMAGENET_STD, net_channels=3, fixed_input=pool == "flatten")
 
 
 @torch.no_grad()
@@ -293,7 +293,7 @@ def spectrum(
         )
         input_size = None
     return GANClassifier(nn.Sequential(LogSpectrum(gray), body), in_channels,
-                         input_size=input_size)
+                         input_size=input_size, fixed_input=head == "linear")
 
 
 # ------------------------------------------------------------------------ DCGAN discriminator
@@ -315,4 +315,4 @@ def dcgan_d(in_channels: int, resolution: int, width: int = 64) -> GANClassifier
         nn.Conv2d(width, 2 * width, 5, stride=2, padding=2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
         nn.Flatten(), nn.Linear(2 * width * side * side, 1),
     )
-    return GANClassifier(net, in_channels, input_size=resolution)
+    return GANClassifier(net, in_channels, input_size=resolution, fixed_input=True)

@@ -27,6 +27,8 @@ class GANClassifier(nn.Module):
 
     input_size: side the network sees (None keeps the data resolution).
     mean, std: per-channel normalisation applied after mapping [-1, 1] to [0, 1].
+    fixed_input: the network takes input_size × input_size inputs only (a flatten + dense
+    head); without it any side works, so `forward(x, resize=False)` can see native pixels.
     """
 
     def __init__(
@@ -37,8 +39,10 @@ class GANClassifier(nn.Module):
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         net_channels: int | None = None,
+        fixed_input: bool = False,
     ) -> None:
         super().__init__()
+        self.fixed_input = fixed_input
         self.net = net
         self.in_channels = in_channels
         self.input_size = input_size
@@ -48,17 +52,20 @@ class GANClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """T: [-1, 1] images -> the network's input. Differentiable end to end."""
+    def preprocess(self, x: torch.Tensor, resize: bool = True) -> torch.Tensor:
+        """T: [-1, 1] images -> the network's input. Differentiable end to end.
+
+        resize=False skips the resize to input_size (evaluation at native pixels; a
+        fixed_input network must then be given input_size images, e.g. crops or tiles)."""
         if x.shape[1] != self.net_channels:
             x = x.expand(-1, self.net_channels, -1, -1)  # gray -> RGB for ImageNet-shaped nets
-        if self.input_size is not None and x.shape[-1] != self.input_size:
+        if resize and self.input_size is not None and x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=x.shape[-1] > self.input_size)
         return ((x + 1) / 2 - self.mean) / self.std
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.preprocess(x)).reshape(x.shape[0])
+    def forward(self, x: torch.Tensor, resize: bool = True) -> torch.Tensor:
+        return self.net(self.preprocess(x, resize)).reshape(x.shape[0])
 
 
 Builder = Callable[..., GANClassifier]

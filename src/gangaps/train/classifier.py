@@ -48,20 +48,22 @@ def _split(images: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.
 
 @torch.no_grad()
 def classify(model: torch.nn.Module, images: torch.Tensor, device: torch.device | str = "cpu",
-             batch_size: int = 1000, flip_tta: bool = False) -> torch.Tensor:
+             batch_size: int = 1000, flip_tta: bool = False, resize: bool = True) -> torch.Tensor:
     """Logits (real > 0) of uint8 images [N, C, H, W], in eval mode; float32 on CPU.
 
     flip_tta averages the logits of each image and its mirror image (test-time augmentation for
     detectors trained with random flips: both views are in-distribution, their errors differ).
+    resize=False: the classifier sees the images at their own size (`GANClassifier.forward`).
     """
     was_training = model.training
     model.eval()
     out = []
+    kw = {} if resize else {"resize": False}  # any nn.Module works when resizing, as before
     for i in range(0, len(images), batch_size):
         x = to_model_range(images[i:i + batch_size].to(device))
-        logits = model(x).float()
+        logits = model(x, **kw).float()
         if flip_tta:
-            logits = (logits + model(x.flip(-1)).float()) / 2
+            logits = (logits + model(x.flip(-1), **kw).float()) / 2
         out.append(logits.cpu())
     model.train(was_training)
     return torch.cat(out)
