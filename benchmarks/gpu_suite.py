@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_suite.py --data-root DATA [--out DIR]       # ≤ 8 min on one H100/H200
     python benchmarks/gpu_suite.py --data-root DATA --dry-run         # CPU, tiny sizes, seconds
+    python benchmarks/gpu_suite.py --synthetic                         # no MNIST on the machine
 
 Writes DIR/gpu_suite.json and DIR/gpu_suite.md (DIR: --out, else $OUT, else ./gpu_suite_out),
 rewritten atomically after every section, so a suite cut short still leaves what it measured.
@@ -44,7 +45,7 @@ import mnist_dcgan_speed  # noqa: E402
 import stylegan2_speed  # noqa: E402
 
 from gangaps.config import ClassifierTrainingConfig, load_config  # noqa: E402
-from gangaps.data import load_real  # noqa: E402
+from gangaps.data import RealData, load_real  # noqa: E402
 from gangaps.experiment.jobs import configure_device  # noqa: E402
 from gangaps.io import atomic_write_json, atomic_write_text  # noqa: E402
 from gangaps.train import distributed as ddp  # noqa: E402
@@ -94,24 +95,35 @@ def _dcgan_cfg(args, *extra: str):
     return cfg
 
 
+def _mnist(args) -> RealData:
+    """MNIST from --data-root, or with --synthetic random uint8 digits of its shape (speed does
+    not depend on what the images show)."""
+    if not args.synthetic:
+        return load_real(_dcgan_cfg(args).data)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (60_000, 1, 28, 28), dtype=torch.uint8, generator=g)
+    return RealData(x, x, x[:10_000], "synthetic")
+
+
 def _dcgan_sweep(args, device, out: dict, compiled: bool) -> None:
     rows = out.setdefault("rows", [])
-    real = load_real(_dcgan_cfg(args).data).gan_train
-    ns = sorted(args.n, key=lambda n: (n != 8, n)) if compiled else args.n
-    for precision in ("tf32", "bf16"):
-        for n in ns:
-            cfg = _dcgan_cfg(args, f"gan.bf16={precision == 'bf16'}", f"gan.compile={compiled}",
-                             f"gan.channels_last={args.channels_last}")
-            if compiled:
-                torch._dynamo.reset()  # each (N, dtype) compiles afresh, below the cache limit
-            t0 = time.perf_counter()
-            r = mnist_dcgan_speed.fused_speed(cfg, real, device, n)
-            cpu_name = {"tf32": "fp32", "bf16": "fp32 (bf16: CUDA only)"}[precision]
-            rows.append({"n": n, "precision": precision if device.type == "cuda" else cpu_name,
-                         "compiled": compiled, "batch": cfg.gan.batch_size, "steps": args.steps,
-                         "img_per_s": round(r["img_per_s"], 1), "mfu": r["mfu"],
-                         "wall_s": round(time.perf_counter() - t0, 1)})
-            args.save()
+    real = _mnist(args).gan_train
+    runs = [(n, p) for p in ("tf32", "bf16") for n in args.n]
+    if compiled:  # compiling takes long: N = 8 (the target) first, in both dtypes
+        runs.sort(key=lambda r: r[0] != 8)
+    for n, precision in runs:
+        cfg = _dcgan_cfg(args, f"gan.bf16={precision == 'bf16'}", f"gan.compile={compiled}",
+                         f"gan.channels_last={args.channels_last}")
+        if compiled:
+            torch._dynamo.reset()  # each (N, dtype) compiles afresh, below the cache limit
+        t0 = time.perf_counter()
+        r = mnist_dcgan_speed.fused_speed(cfg, real, device, n)
+        cpu_name = {"tf32": "fp32", "bf16": "fp32 (bf16: CUDA only)"}[precision]
+        rows.append({"n": n, "precision": precision if device.type == "cuda" else cpu_name,
+                     "compiled": compiled, "batch": cfg.gan.batch_size, "steps": args.steps,
+                     "img_per_s": round(r["img_per_s"], 1), "mfu": r["mfu"],
+                     "wall_s": round(time.perf_counter() - t0, 1)})
+        args.save()
 
 
 def sec_dcgan(args, device, out: dict) -> None:
@@ -132,7 +144,7 @@ def sec_iteration(args, device, out: dict) -> None:
     full = load_config(CONFIG, [f"data.path={args.data_root}"])
     n_inst, size = full.experiment.instances, group_size(full.gan, device, full.experiment.instances)
     cfg = _dcgan_cfg(args)
-    real = load_real(cfg.data)
+    real = _mnist(args)
     gen = mnist_dcgan_speed.fused_speed(cfg, real.gan_train, device, size)
     gen_s = n_inst * full.gan.kimg * 1000 / gen["img_per_s"]
     out.update(instances=n_inst, group_size=size, generator_img_per_s=round(gen["img_per_s"], 1),
@@ -179,7 +191,8 @@ def sec_ddp(args, device, out: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                __file__, "--ddp-worker", tmp, "--data-root", str(args.data_root),
-               "--steps", str(args.steps)] + (["--dry-run"] if args.dry_run else [])
+               "--steps", str(args.steps)] + (["--dry-run"] if args.dry_run else []) + \
+            (["--synthetic"] if args.synthetic else [])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
                                                             os.environ.get("PYTHONPATH", "")])}
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -194,7 +207,7 @@ def ddp_worker(args) -> None:
     device = ddp.init_from_env("cpu" if args.dry_run else "auto")
     configure_device(device)
     cfg = _dcgan_cfg(args)
-    real = load_real(cfg.data).gan_train
+    real = _mnist(args).gan_train
     out = Path(args.ddp_worker)
     t0 = time.perf_counter()
     train_generator(GeneratorJob(out / "gen", seed=0, data_parallel=True), cfg, real, device,
@@ -249,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=os.environ.get("GANGAPS_DATA_ROOT", "data"))
     ap.add_argument("--out", type=Path, help="default $OUT, else ./gpu_suite_out")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: seconds")
+    ap.add_argument("--synthetic", action="store_true", help="random uint8 images of MNIST's "
+                    "shape instead of --data-root's MNIST (a machine without the data)")
     ap.add_argument("--budget-s", type=float, default=470, help="the whole suite's wall bound")
     ap.add_argument("--only", nargs="+", choices=list(SECTIONS), help="these sections only")
     ap.add_argument("--n", type=int, nargs="+", help="fused instances (default 1 4 8 16)")
