@@ -37,20 +37,34 @@ from gangaps.train.gan import GeneratorJob, train_generator, train_generators
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _steady_ips(out_dir: Path) -> float:
+def steady(out_dir: Path, key: str = "img_per_s") -> float | None:
+    """Mean of `key` over a job's log lines after the first (warm-up); None if not logged."""
     log = [json.loads(x) for x in (out_dir / "log.jsonl").read_text().splitlines()]
-    steady = [r["img_per_s"] for r in log[1:]] or [log[-1]["img_per_s"]]  # first line: warm-up
-    return sum(steady) / len(steady)
+    values = [r[key] for r in log[1:] if key in r] or [r[key] for r in log[-1:] if key in r]
+    return sum(values) / len(values) if values else None
+
+
+def _steady_ips(out_dir: Path) -> float:
+    return steady(out_dir)
+
+
+def fused_speed(cfg, real, device, n: int) -> dict:
+    """n instances as one fused job (n = 1: one ordinary job): aggregate img/s and the mfu
+    the loop logs (None where the device's peak is unknown), both after the warm-up."""
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [GeneratorJob(Path(tmp) / f"gen_{i:02d}", seed=i) for i in range(n)]
+        train_generators(jobs, cfg, real, device, progress=False, group_dir=Path(tmp) / "g")
+        # every instance logs the group's speed
+        return {"img_per_s": n * steady(jobs[0].out_dir), "mfu": steady(jobs[0].out_dir, "mfu")}
 
 
 def measure(cfg, real, device, n: int, mode: str, seq_jobs: int | None = None) -> float:
     """Aggregate img/s of n instances: fused, or in turn (n jobs, or `seq_jobs` of them; their
     speed does not depend on n)."""
+    if mode == "fused":
+        return fused_speed(cfg, real, device, n)["img_per_s"]
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [GeneratorJob(Path(tmp) / f"gen_{i:02d}", seed=i) for i in range(n)]
-        if mode == "fused":
-            train_generators(jobs, cfg, real, device, progress=False, group_dir=Path(tmp) / "g")
-            return n * _steady_ips(jobs[0].out_dir)  # every instance logs the group's speed
         jobs = jobs[:seq_jobs or n]
         for job in jobs:
             train_generator(job, cfg, real, device, progress=False)

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = tiny_overrides(**{"experiment.instances": 2, "gan.checkpoint_kimg": 0.25,
                               "classifier_training.n_real": 400, "classifier_training.n_fake": 400,
                               "classifier_training.epochs": 1, "evaluation.bootstrap": 0})
+PEAK = 1e6  # injected FLOP/s of one device (GANGAPS_PEAK_FLOPS): no GPU here, yet an MFU
 GEN_FILES = {"checkpoint.safetensors", "checkpoint.prev.safetensors", "log.jsonl", "samples.png", "DONE"}
 
 
@@ -39,7 +40,8 @@ def _cmd(out: Path, data_root: Path, *extra: str) -> list[str]:
 
 def _env() -> dict[str, str]:
     # one intra-op thread a rank: two ranks on a 2-core box
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"),
+            "GANGAPS_PEAK_FLOPS": str(PEAK)}
 
 
 def _run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -86,6 +88,23 @@ def test_two_processes_train_one_job_and_write_once(ddp_run):
     # one config and one set of classifier jobs, both written by rank 0 only
     assert len(list(run.glob("config*"))) == 1
     assert len(list(run.glob("iter_00/clf_*/DONE"))) == 3
+
+
+def test_mfu_is_every_ranks_flops_over_every_ranks_peak(ddp_run, data_root):
+    """The hand count: FLOPs per image × img/s (global) ÷ (one device's peak × world size)."""
+    from gangaps.train.family import get_family
+    from gangaps.train.speed import instance_step_flops
+    run, _ = ddp_run
+    cfg = load_config(ROOT / "configs" / "mnist-dcgan.yaml", [*OVERRIDES, f"data.path={data_root}"])
+    family, cpu, per_rank = get_family("dcgan"), torch.device("cpu"), cfg.gan.batch_size // 2
+    flops = instance_step_flops(family, cfg.gan, 1, 28, per_rank, cpu)
+    assert instance_step_flops(family, cfg.gan, 1, 28, 2 * per_rank, cpu) == 2 * flops
+    per_image = flops / per_rank  # a step's FLOPs grow with the batch: a count per image
+    lines = [json.loads(line) for gen in _gen_dirs(run)
+             for line in (gen / "log.jsonl").read_text().splitlines()]
+    assert len(lines) > 8
+    for line in lines:
+        assert line["mfu"] == pytest.approx(per_image * line["img_per_s"] / (PEAK * 2), rel=1e-3)
 
 
 def _run_until(cmd: list[str], ready, timeout: float = 300) -> None:

@@ -165,6 +165,9 @@ class Config(_Section):
     name: str = "experiment"
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    deterministic: bool = Field(False, description="CUDA: deterministic kernels and no cuDNN "
+                                "autotuning, so a run repeats bit for bit on the same GPU and "
+                                "software (slower; CPU runs are deterministic already)")
     data: DataConfig = Field(default_factory=DataConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     gan: GANConfig = Field(default_factory=GANConfig)

@@ -11,6 +11,7 @@ process computes again.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -42,10 +43,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_device(device: torch.device) -> None:
-    if device.type == "cuda":  # fixed shapes: let cuDNN pick the fastest kernels
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+def configure_device(device: torch.device, deterministic: bool = False) -> None:
+    """CUDA: TF32, and cuDNN autotuning (fixed shapes: the fastest kernels), unless
+    `deterministic`: then only deterministic kernels (an error names an op that has none) and
+    a fixed cuBLAS workspace, so a run repeats bit for bit on the same GPU and software."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:  # before the first cuBLAS call of the process
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
 
 
 def load_data(cfg: Config) -> RealData:

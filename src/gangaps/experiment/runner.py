@@ -112,7 +112,7 @@ class Runner:
             real = load_data(cfg)
         if not ddp.launched_by_torchrun():
             self.device = resolve_device(cfg.device) if local else torch.device("cpu")
-        configure_device(self.device)
+        configure_device(self.device, cfg.deterministic)
         self.progress = progress and self.main
         self.ctx = JobContext(cfg, self.store.root, self.device, real, self.progress)
 
@@ -220,5 +220,5 @@ def _ray_work(runs: dict[str, tuple[dict, str]], job: Job, device: str | None) -
     if key not in _CONTEXTS:
         cfg = from_dict(cfg_tree)
         _CONTEXTS[key] = JobContext(cfg, root, torch.device(device or "cpu"))
-        configure_device(_CONTEXTS[key].device)
+        configure_device(_CONTEXTS[key].device, cfg.deterministic)
     return run_job(_CONTEXTS[key], job)

@@ -265,6 +265,7 @@ def _comparable(cfg: Config) -> dict:
     `gan.tensorboard` (what is logged) may differ between a run and its resume."""
     flat = _flatten(cfg.model_dump(mode="json", exclude={"resources"}))
     flat.pop("device", None)
+    flat.pop("deterministic", None)  # how kernels run, like device
     flat.pop("gan.tensorboard", None)
     flat.pop("gan.snapshot_kimg", None)  # snapshots watch a run; they change no result
     flat.pop("gan.snapshots_kept", None)

@@ -11,7 +11,6 @@ experiment's job: it draws the fake side from the frozen train-subset generators
 from __future__ import annotations
 
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -145,14 +144,19 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
                desc=label or out_dir.name, unit="step", disable=not progress, leave=False,
                dynamic_ncols=True)
     while epoch < tcfg.epochs and opt.param_groups[0]["lr"] >= tcfg.min_lr:
-        t0, loss_sum = time.perf_counter(), 0.0
+        t0 = time.perf_counter()
+        # the epoch's loss sum (float64: as Python floats summed it) and its first non-finite
+        # step stay on the device, read once at the epoch's end: no host sync per step
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        first_bad = torch.tensor(steps_per_epoch + 1, device=device)
         for i in range(steps_per_epoch):
             r = real_tr[real_sampler.next()]
             # Checkpoints fall on epoch ends, so the global step index makes the stream resumable.
             f = fake_tr[fake_sampler.next()] if fake_sampler is not None else \
                 fake_stream.draw(half, epoch * steps_per_epoch + i)
             # A side smaller than half a batch gives a shorter batch, not a crash.
-            target = torch.cat([torch.ones(len(r)), torch.zeros(len(f))]).to(device)  # real = 1
+            target = torch.cat([torch.ones(len(r), device=device),
+                                torch.zeros(len(f), device=device)])  # real = 1
             x = torch.cat([r, f])
             if augment is not None:
                 x = augment(x)
@@ -163,12 +167,15 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
             opt.step()
             if ema is not None:
                 _ema_update(ema, model, tcfg.ema)
-            loss_sum += loss.item()
-            if not math.isfinite(loss_sum):  # stop before a checkpoint of garbage is written
-                raise NonFiniteLoss(f"{label or 'classifier'} ({out_dir}): training loss is not "
-                                    f"finite at epoch {epoch + 1}, step {i + 1}; the job stopped "
-                                    "and its last good checkpoint is kept (try a lower lr)")
+            loss = loss.detach()
+            loss_sum += loss.double()
+            first_bad = torch.where(torch.isfinite(loss), first_bad, first_bad.clamp(max=i + 1))
             bar.update(1)
+        bad_step, loss_sum = int(first_bad), loss_sum.item()
+        if bad_step <= steps_per_epoch:  # stop before a checkpoint of garbage is written
+            raise NonFiniteLoss(f"{label or 'classifier'} ({out_dir}): training loss is not "
+                                f"finite at epoch {epoch + 1}, step {bad_step}; the job stopped "
+                                "and its last good checkpoint is kept (try a lower lr)")
         epoch += 1
         kept = ema if ema is not None else model
         val = _validate(kept, real_val, fake_val, device)

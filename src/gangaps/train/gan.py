@@ -40,7 +40,7 @@ from gangaps.train.events import InstanceLog
 from gangaps.train.family import get_family
 from gangaps.train.fool import FoolSchedule, FoolTerm
 from gangaps.train.snapshots import snapshot_every, write_snapshot
-from gangaps.train.speed import instance_step_flops, peak_flops
+from gangaps.train.speed import computes_in_bf16, instance_step_flops, peak_flops
 from gangaps.train.state import TrainState
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -143,7 +143,7 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
     # statistics stay [n] tensors until a log line is written: no GPU sync per step
     stats_sum: dict[str, torch.Tensor] = {}
     stats_n: dict[str, int] = {}
-    peak = peak_flops(device, gcfg.bf16)
+    peak = peak_flops(device, computes_in_bf16(family, gcfg), world)  # all ranks' devices
     step_flops = peak and n * instance_step_flops(family, gcfg, channels, resolution,
                                                   state.batch_size, device)
     t0, steps = time.perf_counter(), 0
@@ -190,7 +190,7 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
                 means = dict(zip(means, ([m] for m in ddp.mean_over_ranks(
                     [m[0] for m in means.values()])), strict=True))
             speed = {"img_per_s": round(steps * per_instance * world / dt, 2)}
-            if step_flops:  # the group's FLOPs against the one device's peak
+            if step_flops:  # every rank's FLOPs against every rank's device's peak
                 speed["mfu"] = round(step_flops * steps * world / dt / peak, 4)
             lam = fool.schedule.scale(state.step) if fool.active else 0.0
             for i, log in enumerate(logs):
