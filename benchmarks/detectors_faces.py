@@ -16,6 +16,11 @@ validation split (early stopping, lr drops, best epoch) comes out of the 80 %, n
   with probability p. Evaluation sees the full, un-augmented test images; recipe rows also report
   AP with flip test-time augmentation (each image scored by the mean logit of it and its mirror).
 
+Every trained network is also measured at native pixels (`evaluate-classifier --no-resize`): the
+256 px test files fed whole to networks with a global pool, as the mean logit of tiles of the
+training size to a network with a fixed input (flatten/dense heads); the table puts the
+resized and the native AP side by side.
+
 One process, one intra-op thread by default. Every finished configuration writes
 `<work>/<name>_<px>/result.json` and is skipped on a re-run, so the benchmark resumes; use another
 `--work` for another `--seed`.
@@ -41,9 +46,10 @@ import torch.nn.functional as F
 from gangaps.config import ClassifierTrainingConfig
 from gangaps.data import to_model_range
 from gangaps.data.augment import DetectorAugment
-from gangaps.data.images import cache_name, load_image_dataset, prepare_data
+from gangaps.data.images import cache_name, load_image_dataset, load_native_images, prepare_data
+from gangaps.detector_eval import pixels_label, score
 from gangaps.io import load_state
-from gangaps.metrics.detection import bootstrap_ci, detection_metrics
+from gangaps.metrics.detection import ORACLE, bootstrap_ci, detection_metrics, oracle_accuracy
 from gangaps.models.classifiers import build_classifier
 from gangaps.train.classifier import CHECKPOINT, classify, fit_classifier
 
@@ -168,26 +174,50 @@ def train_baseline(model: torch.nn.Module, real: torch.Tensor, fake: torch.Tenso
     return {"epochs": epochs, "best_epoch": epochs, "val_accuracy": None}
 
 
+NATIVE_FIT = "tile"  # fixed-input heads at native pixels: mean logit of tiles of their input size
+
+
+def native_metrics(model: torch.nn.Module, real: list[torch.Tensor], fake: list[torch.Tensor],
+                   resolution: int, n_boot: int, seed: int) -> dict:
+    """Test metrics at the files' own pixels (no resize), with `evaluate-classifier --no-resize`'s
+    scoring; the same bootstrap seed as the resized AP interval."""
+    cpu = torch.device("cpu")
+    rl, fl = (score(model, x, cpu, resize=False, fit=NATIVE_FIT) for x in (real, fake))
+    fixed = model.input_size if getattr(model, "fixed_input", False) else None
+    m = detection_metrics(rl, fl)
+    return {"accuracy": m["accuracy"], "ap": m["ap"], "auc": m["auc"], ORACLE: oracle_accuracy(rl, fl),
+            "ap_ci95": list(bootstrap_ci(rl, fl, "ap", n_boot, seed=seed)),
+            "pixels": pixels_label(False, resolution, [x.shape[-1] for x in real + fake], fixed, NATIVE_FIT)}
+
+
 def flip_tta_ap(model: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> float:
     """Test AP with each image scored by the mean logit of it and its mirror image."""
     return detection_metrics(classify(model, real, flip_tta=True), classify(model, fake, flip_tta=True))["ap"]
 
 
 def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution: int, seed: int,
-              work: Path, n_boot: int) -> dict:
-    """Train one configuration (or reuse its result.json) and measure it on the test files."""
+              work: Path, n_boot: int, native: dict[str, list[torch.Tensor]] | None = None,
+              max_epochs: int | None = None) -> dict:
+    """Train one configuration (or reuse its result.json) and measure it on the test files,
+    resized and (given `native`, the files' own pixels per side) at native pixels."""
     out_dir = work / f"{s.name}_{resolution}"
     done = out_dir / "result.json"
     real_tr, fake_tr = (faces[k][splits[k][0]] for k in SIDES)
     real_te, fake_te = (faces[k][splits[k][1]] for k in SIDES)
+    native_te = None if native is None else [[native[k][i] for i in splits[k][1].tolist()] for k in SIDES]
     if done.is_file():
         result = json.loads(done.read_text())
-        if "ap_flip_tta" not in result and (out_dir / CHECKPOINT).is_file():  # rows measured before it
+        missing = ("ap_flip_tta" not in result) or (native_te is not None and "native" not in result)
+        if missing and (out_dir / CHECKPOINT).is_file():  # rows measured before these columns
             model = build_classifier(s.arch, 3, resolution, **s.options)
             model.load_state_dict(load_state(out_dir / CHECKPOINT)["best_state"])
-            result["ap_flip_tta"] = flip_tta_ap(model, real_te, fake_te)
+            result.setdefault("ap_flip_tta", flip_tta_ap(model, real_te, fake_te))
+            if native_te is not None and "native" not in result:
+                result["native"] = native_metrics(model.eval(), *native_te, resolution, n_boot, seed)
             done.write_text(json.dumps(result, indent=1))
         return result
+    if max_epochs is not None:  # a quick look: fewer epochs, recorded in the row
+        s = Setup(**{**s.__dict__, "epochs": min(s.epochs, max_epochs)})
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # initial weights from the seed, whatever ran before in this process
     model = build_classifier(s.arch, 3, resolution, **s.options)
@@ -220,6 +250,9 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
               "max_epochs": s.epochs, **summary, **m,
               "ap_ci95": list(bootstrap_ci(real_logits, fake_logits, "ap", n_boot, seed=seed)),
               "ap_flip_tta": flip_tta_ap(model, real_te, fake_te) if s.recipe else None,
+              ORACLE: oracle_accuracy(real_logits, fake_logits),
+              **({"native": native_metrics(model.eval(), *native_te, resolution, n_boot, seed)}
+                 if native_te is not None else {}),
               "n_test_real": len(real_te), "n_test_fake": len(fake_te),
               "train_seconds": round(train_s, 1)}
     done.write_text(json.dumps(result, indent=1))
@@ -228,9 +261,11 @@ def run_setup(s: Setup, faces: dict[str, torch.Tensor], splits: dict, resolution
 
 def table(results: list[dict]) -> str:
     base = {r["resolution"]: r["ap"] for r in results if r["recipe"] == "baseline"}
+    native = any("native" in r for r in results)
     lines = ["| config | arch (options) | px | augment | select, EMA | epochs (best) | val acc | val AP | "
-             "test acc | AP [95% CI] | AUC | ΔAP vs baseline | AP, flip TTA | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "test acc | AP [95% CI] | AUC | ΔAP vs baseline | AP, flip TTA | train s |"
+             + (" native pixels | native acc | native AP [95% CI] |" if native else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if native else "")]
     for r in results:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
         aug = r["augment"]
@@ -247,8 +282,15 @@ def table(results: list[dict]) -> str:
             f"| {r['name']} | {r['arch']}{f' ({opts})' if opts else ''} | {r['resolution']} | {augment} | "
             f"{select} | {r['epochs']} ({r['best_epoch']}) | {val_acc} | {val_ap} | {r['accuracy']:.3f} | "
             f"{r['ap']:.3f} [{r['ap_ci95'][0]:.3f}, {r['ap_ci95'][1]:.3f}] | {r['auc']:.3f} | {delta} | "
-            f"{tta} | {r['train_seconds']:.0f} |")
+            f"{tta} | {r['train_seconds']:.0f} |" + (_native_cells(r.get("native")) if native else ""))
     return "\n".join(lines)
+
+
+def _native_cells(n: dict | None) -> str:
+    if n is None:
+        return " – | – | – |"
+    lo, hi = n["ap_ci95"]
+    return f" {n['pixels']} | {n['accuracy']:.3f} | {n['ap']:.3f} [{lo:.3f}, {hi:.3f}] |"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="per-configuration outputs (resumable); decoded caches under cache/")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-native", action="store_true",
+                    help="skip the native-pixel (256 px, no resize) evaluation beside the resized one")
+    ap.add_argument("--max-epochs", type=int, default=None,
+                    help="cap every configuration's epochs (a quick look; use another --work)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     wanted = [n for n in args.only.split(",") if n] or [s.name for s in SETUPS]
@@ -271,13 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown config(s) {sorted(unknown)}")
     faces = load_faces(args.data, args.resolution, args.work / "cache")
+    # the files' own pixels, in the caches' order (both sorted by file name): index = file
+    native = None if args.no_native else {k: load_native_images(args.data / k, 3) for k in SIDES}
     splits = {k: split_by_file(len(v), args.seed + i) for i, (k, v) in enumerate(faces.items())}
     results = []
     by_name = {s.name: s for s in SETUPS}
     for s in (by_name[n] for n in wanted):  # in the order asked for
-        r = run_setup(s, faces, splits, args.resolution, args.seed, args.work, args.bootstrap)
+        r = run_setup(s, faces, splits, args.resolution, args.seed, args.work, args.bootstrap, native,
+                      args.max_epochs)
         results.append(r)
-        print(f"{s.name}: acc {r['accuracy']:.3f} AP {r['ap']:.3f} AUC {r['auc']:.3f} "
+        nat = f", native pixels AP {r['native']['ap']:.3f}" if "native" in r else ""
+        print(f"{s.name}: acc {r['accuracy']:.3f} AP {r['ap']:.3f} AUC {r['auc']:.3f}{nat} "
               f"({r['train_seconds']:.0f} s)", flush=True)
     print(table(results))
     if args.json:

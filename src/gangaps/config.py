@@ -7,6 +7,7 @@ one-line description; unknown keys, wrong types and impossible values stop with 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,6 +110,15 @@ class ClassifierSpec(_Section):
     seeds: list[int] = Field(default_factory=lambda: [0])
     role: Literal["target", "heldout"] = "target"
     options: dict[str, Any] = Field(default_factory=dict)
+    pretrained: str | None = Field(None, description="a released detector's weights file (e.g. "
+                                   "CNNDetection's blur_jpg_prob0.1.pth, arch resnet50): loaded, "
+                                   "never trained here, the same frozen classifier in every iteration")
+
+    @model_validator(mode="after")
+    def _one_network(self) -> ClassifierSpec:
+        if self.pretrained is not None and len(self.seeds) != 1:
+            raise ValueError(f"a pretrained classifier is one network; seeds={self.seeds} has no meaning")
+        return self
 
 
 class ClassifierTrainingConfig(_Section):
@@ -189,6 +199,9 @@ class Config(_Section):
 
 
 def classifier_ids(spec: ClassifierSpec) -> list[str]:
+    if spec.pretrained is not None:  # named after its file: clf_resnet50_blur_jpg_prob0.1
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(spec.pretrained).stem) or "pretrained"
+        return [f"clf_{spec.arch}_{stem}"]
     return [f"clf_{spec.arch}_{seed}" for seed in spec.seeds]
 
 

@@ -5,7 +5,8 @@ finished. The edges are the experiment's data dependencies and nothing more:
 
 - a generator job waits for the classifiers it must fool (and, with init: previous, the
   generator it starts from); under memoryless and none it never waits for held-out classifiers;
-- a classifier job waits for its iteration's train generators;
+- a classifier job waits for its iteration's train generators (a pretrained one, loaded
+  from a released detector's file, for nothing);
 - an evaluation job (one generator judged by the classifiers of one iteration, plus the
   generator's quality in its own iteration's job) waits for that generator and those classifiers.
 
@@ -113,7 +114,8 @@ def _build(cfg: Config, group_size: int) -> list[Job]:
             jobs.append(Job(GENERATOR, k, tuple(sorted(deps)), generators=tuple(group)))
             owner.update({(k, s.instance): key for s in group})
         for c in classifier_specs(cfg, k):
-            deps = {owner[(k, n)] for n in c.train_instances}
+            # a pretrained classifier is loaded, not trained: it waits for no generator
+            deps = set() if c.pretrained else {owner[(k, n)] for n in c.train_instances}
             jobs.append(Job(CLASSIFIER, k, tuple(sorted(deps)), classifiers=(c,)))
         # evaluations that become possible with iteration k: its generators by every classifier
         # iteration ≤ k, and earlier generators by iteration k's classifiers

@@ -243,6 +243,8 @@ def _classifier(ctx: JobContext, job: Job) -> None:
     out = store.classifier_dir(spec.iteration, spec.clf_id)
     if spec.iteration == 0 and store.shared_iteration0 is not None:
         raise _shared_unfinished(ctx, out)
+    if spec.pretrained is not None:
+        return _pretrained_classifier(ctx, spec, out)
     gens = [store.generator_dir(spec.iteration, n) / CHECKPOINT for n in spec.train_instances]
     t0 = time.perf_counter()
     summary = train_classifier(out, spec.arch, spec.options, spec.seed, gens,
@@ -251,6 +253,25 @@ def _classifier(ctx: JobContext, job: Job) -> None:
     summary.update(seed=spec.seed, role=spec.role, arch=spec.arch,
                    seconds=time.perf_counter() - t0)
     store.mark_done(out, summary)
+
+
+def _pretrained_classifier(ctx: JobContext, spec: ClassifierJobSpec, out: Path) -> None:
+    """A released detector in this iteration's slot: read (tensors only, never pickle code),
+    mapped onto the zoo architecture and saved as this iteration's classifier, so fooling and
+    evaluation load it like any other; no training, and the DONE record names the file."""
+    import hashlib
+
+    from gangaps.models.classifier_zoo import load_released_detector
+    from gangaps.train.classifier import save_classifier
+    src = Path(spec.pretrained).expanduser()
+    res, ch = ctx.real.resolution, ctx.real.channels
+    model = load_released_detector(src, spec.arch, ch, res, **spec.options)
+    summary = {"pretrained": str(src.resolve()), "pretrained_sha256":
+               hashlib.sha256(src.read_bytes()).hexdigest(), "epochs": 0, "best_epoch": None,
+               "val_accuracy": None, "seed": spec.seed, "role": spec.role, "arch": spec.arch}
+    out.mkdir(parents=True, exist_ok=True)
+    save_classifier(out / FINAL, model, spec.arch, spec.options, ch, res, summary)
+    ctx.store.mark_done(out, summary)
 
 
 def _evaluation(ctx: JobContext, job: Job) -> None:
@@ -281,7 +302,8 @@ def _evaluation(ctx: JobContext, job: Job) -> None:
                                    ev.bootstrap, seed=derive_seed(0, j, n))
         atomic_write_json(store.eval_path(j, n, i, c.clf_id), {
             **common, "classifier_iteration": i, "classifier_id": c.clf_id,
-            "classifier_arch": c.arch, "classifier_role": c.role, "n_real": len(real),
+            "classifier_arch": c.arch, "classifier_role": c.role,
+            **({"classifier_pretrained": c.pretrained} if c.pretrained else {}), "n_real": len(real),
             "n_fake": len(fake), "metrics": metrics})
 
 
@@ -307,4 +329,6 @@ def job_summary_line(job: Job, store: RunStore) -> str:
     if not store.is_done(d):
         return ""
     s = store.done_summary(d)
+    if job.kind == CLASSIFIER and s.get("pretrained"):
+        return f"pretrained {Path(s['pretrained']).name}"
     return f"val accuracy {s['val_accuracy']:.3f}" if job.kind == CLASSIFIER else s.get("split", "")

@@ -38,6 +38,7 @@ class ClassifierJobSpec:
     seed: int
     role: str  # "target" (fooled by the next iterations) | "heldout"
     train_instances: tuple[int, ...]
+    pretrained: str | None = None  # a released detector's file: loaded, not trained (no deps)
 
 
 def generator_split(cfg: Config, instance: int) -> str:
@@ -53,7 +54,7 @@ def classifier_specs(cfg: Config, k: int) -> list[ClassifierJobSpec]:
         for seed, clf_id in zip(spec.seeds, classifier_ids(spec)):
             out.append(ClassifierJobSpec(k, clf_id, spec.arch, dict(spec.options),
                                          derive_seed(cfg.seed, "classifier", k, clf_id, seed),
-                                         spec.role, train))
+                                         spec.role, train, spec.pretrained))
     return out
 
 
@@ -62,8 +63,11 @@ def fool_targets(cfg: Config, k: int) -> tuple[tuple[int, str], ...]:
     if k == 0 or mode == "none" or cfg.experiment.fool_lambda == 0:
         return ()
     iterations = range(k) if mode == "fool-all" else [k - 1]
-    return tuple((i, c.clf_id) for i in iterations for c in classifier_specs(cfg, i)
-                 if c.role == "target")
+    targets = [(i, c) for i in iterations for c in classifier_specs(cfg, i) if c.role == "target"]
+    # a pretrained classifier is one network in every iteration: fooled once (its latest copy),
+    # not weighted by the number of earlier iterations
+    latest = {c.clf_id: i for i, c in targets if c.pretrained is not None}
+    return tuple((i, c.clf_id) for i, c in targets if c.pretrained is None or latest[c.clf_id] == i)
 
 
 def generator_specs(cfg: Config, k: int) -> list[GeneratorSpec]:

@@ -37,6 +37,7 @@ from gangaps.experiment.jobs import (
 )
 from gangaps.experiment.store import RunStore, iteration0_view, redo_hint
 from gangaps.io import append_jsonl
+from gangaps.models.classifier_zoo import load_released_detector
 from gangaps.models.classifiers import build_classifier
 from gangaps.train import distributed as ddp
 from gangaps.train.classifier import make_augment
@@ -65,6 +66,9 @@ def open_run(cfg: Config, out: str | Path, check_device: bool = True) -> tuple[R
         raise UserError(f"gan: cannot build the networks ({str(e).splitlines()[0][:120]})") from None
     for spec in cfg.classifiers:
         build_classifier(spec.arch, real.channels, real.resolution, **spec.options)
+        if spec.pretrained is not None:  # readable, safe (tensors only) and of that arch: now
+            load_released_detector(spec.pretrained, spec.arch, real.channels, real.resolution,
+                                   **spec.options)
     make_augment(cfg.classifier_training.augment)
     for i, path in enumerate(cfg.experiment.iteration0_from or []):
         if not Path(path).is_file():

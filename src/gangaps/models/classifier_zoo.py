@@ -67,27 +67,37 @@ def default_resnet_input_size(resolution: int) -> int | None:
     return resolution * math.ceil(RESNET_MIN_INPUT / resolution)
 
 
-def _load_backbone_weights(net: nn.Module, arch: str, weights_path: str | Path) -> None:
-    """Load a local ImageNet state dict into `net`; strict except the replaced `fc`."""
-    path = Path(weights_path).expanduser()
-    if not path.is_file():
-        raise UserError(f"classifier {arch!r}: weights_path {str(path)!r} is not a file")
+def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a local PyTorch weights file, loaded without running any of its code.
+
+    `torch.load(weights_only=True)` unpickles plain containers and tensors only: a file whose
+    pickle would call anything else (a code-running payload) is refused with one line. Accepts
+    the common wrappers ({"model": sd} as CNNDetection saves, {"state_dict": sd}) and the
+    "module." prefix DataParallel adds. `what` names the file in errors.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{what} {str(p)!r} is not a file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable / non-tensor pickle is the user's file problem
-        raise UserError(
-            f"classifier {arch!r}: cannot load weights_path {str(path)!r}: "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-        ) from None
-    # Accept the common wrappers ({"model": sd} as CNNDetection saves, {"state_dict": sd}) and
-    # the "module." prefix DataParallel adds.
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # unreadable, or a pickle that would run code: never executed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what} {str(p)!r}: cannot load it as plain tensors, refused "
+                        f"({first[:160]})") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"classifier {arch!r}: weights_path {str(path)!r} holds no state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items() if
-             not k.removeprefix("module.").startswith("fc.")}
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(f"{what} {str(p)!r} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_backbone_weights(net: nn.Module, arch: str, weights_path: str | Path) -> None:
+    """Load a local ImageNet state dict into `net`; strict except the replaced `fc`."""
+    path = Path(weights_path).expanduser()
+    state = {k: v for k, v in read_state_dict(path, f"classifier {arch!r}: weights_path").items()
+             if not k.startswith("fc.")}
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches (e.g. resnet50 weights into a resnet18)
@@ -316,3 +326,40 @@ def dcgan_d(in_channels: int, resolution: int, width: int = 64) -> GANClassifier
         nn.Flatten(), nn.Linear(2 * width * side * side, 1),
     )
     return GANClassifier(net, in_channels, input_size=resolution, fixed_input=True)
+
+
+# ----------------------------------------------------------------- released detectors (CNNDetection)
+
+
+def load_released_detector(path: str | Path, arch: str, in_channels: int, resolution: int,
+                           **options) -> GANClassifier:
+    """A released real-vs-fake detector as a frozen-ready zoo classifier, by architecture mapping.
+
+    CNNDetection (Wang et al. 2020) ships `blur_jpg_prob0.1.pth` and `blur_jpg_prob0.5.pth`:
+    {"model": state_dict} of a torchvision-layout ResNet-50 (conv1, bn1, layer1-4, fc) whose fc
+    has one output, trained on ImageNet-normalised RGB with 0_real = 0, 1_fake = 1, so its
+    logit > 0 means *fake*. Here the same tensors fill the zoo's `arch` network (ImageNet
+    mean/std inside its preprocessing, as CNNDetection's demo normalises), every key strictly,
+    and the fc is negated so that logit > 0 means real, as for every gangaps classifier.
+    Weights are read with `read_state_dict` (no pickle code ever runs).
+    """
+    if arch not in ("resnet18", "resnet50"):
+        raise UserError(f"classifier {arch!r}: pretrained detectors load into resnet18 or resnet50 "
+                        "(torchvision layout, as CNNDetection's)")
+    from gangaps.models.classifiers import build_classifier  # registered builders, options checked
+
+    model = build_classifier(arch, in_channels, resolution, **options)
+    state = read_state_dict(path, f"classifier {arch!r}: pretrained")
+    own = model.net.state_dict()
+    # BatchNorm's step counter is absent from files saved before PyTorch 0.4.1; it is unused
+    # in eval mode, so a missing one keeps the fresh network's
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise UserError(
+            f"classifier {arch!r}: pretrained {str(path)!r} is not a {arch} with a 1-logit fc "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, other shape {wrong[:3]})")
+    state = {k: (-v if k in ("fc.weight", "fc.bias") else v).to(own[k].dtype) for k, v in state.items()}
+    model.net.load_state_dict({**own, **state})
+    return model
