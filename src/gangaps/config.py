@@ -78,9 +78,18 @@ class GANConfig(_Section):
         "the results, so a run resumes only with the same resolved size")
     tensorboard: bool = Field(False, description="also write TensorBoard events per instance "
                               "(pip install gangaps[tensorboard])")
-    bf16: bool = Field(False, description="CUDA: bf16 autocast of the networks")
-    channels_last: bool = Field(False, description="CUDA: channels_last memory format")
+    bf16: bool = Field(False, description="bf16 autocast of the networks (the fool term "
+                       "stays fp32); meant for CUDA, also runs (slowly) on CPU")
+    channels_last: bool = Field(False, description="channels_last memory format of the "
+                                "networks and their optimizer moments (CUDA; also on CPU)")
     compile: bool = Field(False, description="torch.compile the networks (CUDA)")
+    compile_backend: str = Field("inductor", description="torch.compile backend of "
+                                 "gan.compile (aot_eager: no code generation, for tests)")
+    rng: Literal["auto", "per-instance", "grouped"] = Field(
+        "auto", description="per-instance: each instance of a group draws latents and dropout "
+        "masks from its own streams (a group trains exactly as its instances alone); grouped: "
+        "one draw per tensor for the whole group from the global RNG (fewer ops, compilable); "
+        "auto: per-instance on CPU, grouped on CUDA")
 
     @model_validator(mode="after")
     def _betas(self) -> GANConfig:

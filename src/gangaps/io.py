@@ -302,15 +302,74 @@ def load_resumable(path: str | Path, device: str | torch.device = "cpu") -> dict
     return None
 
 
-def rng_state() -> dict[str, Any]:
-    """Torch RNG states (CPU and, when present, every CUDA device)."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Torch RNG states: CPU and, when present, every visible CUDA device, plus the index of
+    the job's own CUDA device (`device`): the stream a resume must continue, wherever it runs.
+    Every state is raw bytes (CPU: MT19937, 5056; CUDA: Philox seed and offset, 16), so the
+    file is the same on any machine; `set_rng_state` maps it onto the devices it finds."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = list(torch.cuda.get_rng_state_all())
+        if device is not None and device.type == "cuda":
+            state["cuda_index"] = _cuda_index(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def _cuda_index(device: torch.device) -> int:
+    index = torch.device(device).index
+    return torch.cuda.current_device() if index is None else index
+
+
+def derived_seed(saved: torch.Tensor) -> int:
+    """A seed that is a function of a saved generator state (a stream that cannot continue on
+    this kind of device restarts from it: different, but reproducible)."""
+    digest = hashlib.sha256(saved.detach().cpu().contiguous().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**63
+
+
+def restore_generator(gen: torch.Generator, saved: torch.Tensor) -> bool:
+    """Set `gen` to a saved state; True if it continues exactly. A state of another kind of
+    generator (a CPU stream resumed on CUDA or back: another size) reseeds `gen` with
+    `derived_seed` instead of failing with torch's 'RNG state is wrong size'."""
+    if saved.numel() == gen.get_state().numel():
+        gen.set_state(saved)
+        return True
+    gen.manual_seed(derived_seed(saved))
+    return False
+
+
+def cuda_rng_plan(saved: list[torch.Tensor], saved_index: int | None, count: int,
+                  own_index: int | None) -> dict[int, torch.Tensor | None]:
+    """Which saved CUDA state goes to which visible device (None: reseed it). The job's own
+    stream (saved at `saved_index`) goes to the job's device (`own_index`) whatever the two
+    indices: a checkpoint of GPU 5 of 8 resumes on a Ray worker's only GPU (cuda:0). Other
+    visible devices take the saved states by index while both exist; the rest are dropped."""
+    plan: dict[int, torch.Tensor | None] = dict(zip(range(count), saved))
+    if own_index is not None and own_index < count:
+        own = saved[saved_index] if saved_index is not None and saved_index < len(saved) \
+            else (saved[0] if len(saved) == 1 else None)
+        plan[own_index] = own
+    return plan
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> bool:
+    """Restore `rng_state`, saved here or on a machine with another number of CUDA devices
+    (see `cuda_rng_plan`; `device`: the job's device now). True if every stream continues
+    exactly, False if some had to restart from `derived_seed` (no CUDA state saved for the
+    job's device: a CPU checkpoint resumed on CUDA)."""
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return True
+    own = _cuda_index(device) if device is not None and torch.device(device).type == "cuda" \
+        else None
+    exact = True
+    plan = cuda_rng_plan(list(state.get("cuda", [])), state.get("cuda_index"),
+                         torch.cuda.device_count(), own)
+    for i, saved in plan.items():
+        gen = torch.cuda.default_generators[i]
+        if saved is None:
+            gen.manual_seed(derived_seed(state["cpu"]) + i)
+            exact = exact and i != own
+        else:
+            exact = restore_generator(gen, saved) and exact
+    return exact

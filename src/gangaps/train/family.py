@@ -68,6 +68,15 @@ class GANFamily:
         return {k: torch.optim.Adam(nets[k].parameters(), lr=cfg.lr, betas=cfg.betas, foreach=True)
                 for k in ("G", "D")}
 
+    def channels_last(self, cfg: GANConfig, device: torch.device) -> bool:
+        """Train in the channels_last memory format (the loop converts the nets once)?"""
+        return cfg.channels_last
+
+    def compile(self, nets: nn.ModuleDict, backend: str) -> None:
+        """`gan.compile`: torch.compile the networks in place (state-dict keys unchanged)."""
+        for net in nets.values():
+            net.compile(backend=backend)
+
     def phases(self, cfg: GANConfig) -> list[Phase]:
         raise NotImplementedError
 

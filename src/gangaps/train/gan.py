@@ -104,13 +104,17 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
     nets, opts, phases = state.nets, state.opts, family.phases(gcfg)
     fool = FoolTerm(jobs[0].fool_classifiers,
                     FoolSchedule.from_config(cfg.experiment, total_steps)).to(device)
-    cuda = device.type == "cuda"
-    if cuda and gcfg.channels_last:
-        nets.to(memory_format=torch.channels_last)
+    # channels_last is applied by the state (parameters and optimizer moments); bf16 and
+    # channels_last run on any device, so the CUDA path is tested on CPU (CPU autocast)
     if gcfg.compile:
-        for net in nets.values():
-            net.compile()
-    autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if cuda and gcfg.bf16 \
+        if gcfg.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+            raise UserError(f"gan.compile_backend={gcfg.compile_backend!r}: not a torch.compile "
+                            f"backend; e.g. inductor, aot_eager")
+        # the adaptive fool weight differentiates twice through one graph (retain_graph), which
+        # compiled backwards with donated buffers refuse
+        torch._functorch.config.donated_buffer = False
+        family.compile(nets, gcfg.compile_backend)
+    autocast = (lambda: torch.autocast(device.type, torch.bfloat16)) if gcfg.bf16 \
         else contextlib.nullcontext
 
     ckpt_path = (jobs[0].out_dir if n == 1 else group_dir) / CHECKPOINT
