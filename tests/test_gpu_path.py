@@ -415,7 +415,8 @@ def test_streams_saved_on_another_kind_of_device_resume(data_root, mnist, tmp_pa
 def test_a_step_between_log_lines_reads_nothing_back_to_the_host(family_name, data_root, mnist,
                                                                  faces, tmp_path):
     """No .item()/float()/bool() of a tensor (aten._local_scalar_dense) but Adam's CPU step
-    counters in a step that writes no log line; StyleGAN2's statistics are device tensors (once `.tolist()`: a sync a phase)."""
+    counters in a step that writes no log line; StyleGAN2's statistics are device tensors
+    (they were `.tolist()`-ed: a sync a phase)."""
     if family_name == "dcgan":
         def run(root, k):
             cfg = _dcgan_cfg(data_root, k, **{"gan.log_kimg": 100, "gan.checkpoint_kimg": 100})

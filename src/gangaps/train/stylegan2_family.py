@@ -174,7 +174,8 @@ class StyleGAN2Family(GANFamily):
         for k in ("G", "D"):
             c = self._lazy(k)
             opts[k] = torch.optim.Adam(nets[k].parameters(), lr=cfg.lr * c,
-                                       betas=(cfg.betas[0] ** c, cfg.betas[1] ** c), eps=1e-8)
+                                       betas=(cfg.betas[0] ** c, cfg.betas[1] ** c), eps=1e-8,
+                                       fused=True if next(nets[k].parameters()).is_cuda else None)
             ddp.average_gradients_before_step(opts[k])  # no-op without a process group
         ddp.broadcast_module(nets)  # multi-GPU: every rank starts from rank 0's weights
         return opts
