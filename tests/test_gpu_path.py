@@ -22,7 +22,7 @@ from gangaps.config import from_dict, load_config
 from gangaps.data import load_real
 from gangaps.data.images import load_image_dataset
 from gangaps.errors import UserError
-from gangaps.io import cuda_rng_plan, load_state, save_state
+from gangaps.io import StateWriter, cuda_rng_plan, load_state, save_state
 from gangaps.models.classifiers import build_classifier
 from gangaps.train.family import get_family
 from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator, train_generators
@@ -433,3 +433,39 @@ def test_a_step_between_log_lines_reads_nothing_back_to_the_host(family_name, da
             assert stats and all(isinstance(v, torch.Tensor) for v in stats.values())
     ops = _one_step_ops(tmp_path, run, steps=2)
     assert sum(ops.values()) > 50 and ops["host read"] == 0, ops["host read"]
+
+
+# ---------------------------------------------------------------- data on the device, checkpoints
+
+def test_state_writer_snapshots_then_writes_in_the_background(tmp_path):
+    writer = StateWriter(background=True)
+    w = torch.arange(6.0)
+    writer.save(tmp_path / "a.safetensors", {"w": w, "step": 3})
+    w.add_(100)  # training goes on while the file is written: the file holds the snapshot
+    writer.wait()
+    assert torch.equal(load_state(tmp_path / "a.safetensors")["w"], torch.arange(6.0))
+    (tmp_path / "file").write_text("not a folder")
+    writer.save(tmp_path / "file" / "b.safetensors", {"w": w})  # fails in the thread ...
+    with pytest.raises(OSError):
+        writer.wait()  # ... and is raised to the training thread
+    writer.wait()  # once
+
+
+def test_device_data_and_background_checkpoints_keep_the_records(data_root, mnist, tmp_path):
+    """Real images held where the nets are (one gather a step), checkpoints written on a
+    thread at every log line (checkpoint_minutes) as well as every 2 steps: the records of a
+    plain run, and a run stopped at its checkpoint resumes to them."""
+    plain = {"gan.checkpoint_kimg": 2 * STEP_KIMG, "gan.log_kimg": STEP_KIMG}
+    fast = {**plain, "gan.data_on_device": True, "gan.checkpoint_background": True,
+            "gan.checkpoint_minutes": 1e-9}
+    _train(tmp_path / "plain", _dcgan_cfg(data_root, 4, **plain), mnist, 3)
+    _train(tmp_path / "fast", _dcgan_cfg(data_root, 4, **fast), mnist, 3)
+    assert _records(tmp_path / "fast", 3) == _records(tmp_path / "plain", 3)
+    _train(tmp_path / "part", _dcgan_cfg(data_root, 2, **fast), mnist, 3)
+    assert load_state(tmp_path / "part" / "group" / CHECKPOINT)["step"] == 2  # written, whole
+    _train(tmp_path / "part", _dcgan_cfg(data_root, 4, **fast), mnist, 3)
+    assert _records(tmp_path / "part", 3) == _records(tmp_path / "plain", 3)
+    for i in range(3):  # the instances' final checkpoints equal too
+        a, b = (load_state(tmp_path / r / f"gen_{i:02d}" / CHECKPOINT)["nets"]
+                for r in ("plain", "part"))
+        assert all(torch.equal(a[k], b[k]) for k in a)

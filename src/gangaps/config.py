@@ -90,6 +90,15 @@ class GANConfig(_Section):
         "masks from its own streams (a group trains exactly as its instances alone); grouped: "
         "one draw per tensor for the whole group from the global RNG (fewer ops, compilable); "
         "auto: per-instance on CPU, grouped on CUDA")
+    data_on_device: bool | Literal["auto"] = Field(
+        "auto", description="keep the real images on the training device, gathered there each "
+        "step (auto: on CUDA when they fill at most a quarter of its memory)")
+    checkpoint_minutes: float | None = Field(None, gt=0, description="also checkpoint when this "
+                                             "long has passed since the last (checked at log "
+                                             "lines); null: only every checkpoint_kimg")
+    checkpoint_background: bool | Literal["auto"] = Field(
+        "auto", description="write checkpoints on a background thread (tensors copied first, so "
+        "the step never waits for the disk); auto: on CUDA")
 
     @model_validator(mode="after")
     def _betas(self) -> GANConfig:

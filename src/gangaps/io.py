@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +260,43 @@ def save_state(path: str | Path, state: dict[str, Any], keep_previous: bool = Fa
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, tensors, "")
     save_tensors(path, tensors, {"gangaps": json.dumps(skeleton)}, keep_previous)
+
+
+class StateWriter:
+    """`save_state`, optionally on a background thread, one file at a time. The state's tensors
+    are copied to host memory before `save` returns (training may change them meanwhile); the
+    hashing, writing, fsync and rename then run beside the caller. `wait()` before anything
+    that needs the file; a failed write (a full disk) is raised by the next `save` or `wait`."""
+
+    def __init__(self, background: bool) -> None:
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, path: str | Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+        self.wait()
+        tensors: dict[str, torch.Tensor] = {}
+        meta = {"gangaps": json.dumps(_flatten(state, tensors, ""))}  # the copy to the host
+        if not self.background:
+            save_tensors(path, tensors, meta, keep_previous)
+            return
+
+        def write() -> None:
+            try:
+                save_tensors(path, tensors, meta, keep_previous)
+            except BaseException as e:  # noqa: BLE001 - handed to the training thread
+                self._error = e
+
+        self._thread = threading.Thread(target=write, name=f"checkpoint {Path(path).name}")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:

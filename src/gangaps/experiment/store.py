@@ -261,11 +261,14 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def _comparable(cfg: Config) -> dict:
-    """Settings that change results; `device` and `resources` (where jobs run) and
-    `gan.tensorboard` (what is logged) may differ between a run and its resume."""
+    """Settings that change results; `device` and `resources` (where jobs run),
+    `gan.tensorboard` (what is logged) and how checkpoints are written and data held may differ
+    between a run and its resume."""
     flat = _flatten(cfg.model_dump(mode="json", exclude={"resources"}))
     flat.pop("device", None)
     flat.pop("gan.tensorboard", None)
+    for key in ("gan.checkpoint_minutes", "gan.checkpoint_background", "gan.data_on_device"):
+        flat.pop(key, None)  # when and how state is written or held, not what is computed
     return flat
 
 

@@ -26,7 +26,7 @@ from gangaps.config import GANConfig
 from gangaps.data import to_model_range
 from gangaps.data.sampler import EpochSampler
 from gangaps.errors import UserError, warn
-from gangaps.io import load_resumable, restore_generator, rng_state, save_state, set_rng_state
+from gangaps.io import StateWriter, load_resumable, restore_generator, rng_state, save_state, set_rng_state
 from gangaps.models.grouped import instance_state, instance_tensor
 from gangaps.train import distributed as ddp
 from gangaps.train.family import GANFamily
@@ -58,6 +58,11 @@ class Streams:
         if "mask_gen" in state:  # checkpoints before per-instance masks lack it
             exact = restore_generator(self.masks, state["mask_gen"]) and exact
         return exact
+
+
+def _on(setting: bool | str, device: torch.device) -> bool:
+    """A bool-or-auto setting resolved: auto is on for CUDA."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
 def grouped_rng(cfg: GANConfig, device: torch.device) -> bool:
@@ -108,6 +113,22 @@ class TrainState:
             family.use_generators(self.nets, [s.masks for s in self.streams])
         self.step = 0
         self._buffers = {name for name, _ in self.nets.named_buffers()}
+        self.writer = StateWriter(_on(cfg.checkpoint_background, device))
+
+    def place(self, real: torch.Tensor) -> torch.Tensor:
+        """The real images where batches are gathered from: on the device once
+        (gan.data_on_device; auto: CUDA, if they fill at most a quarter of its memory), with
+        each instance's data order there too, so a step is one gather on the device and no
+        host copy; else on the host (each step's batch copied over)."""
+        on = self.cfg.data_on_device
+        if on == "auto":
+            on = self.device.type == "cuda" and real.numel() * real.element_size() <= \
+                torch.cuda.get_device_properties(self.device).total_memory // 4
+        if not on:
+            return real
+        for s in self.streams:
+            s.sampler.device = self.device
+        return real.to(self.device)
 
     # -- one step's inputs: each instance's own ------------------------------------------
     def real_batch(self, real: torch.Tensor) -> torch.Tensor:
@@ -149,7 +170,7 @@ class TrainState:
             state.update(spec=self._spec(), streams=[s.state_dict() for s in self.streams])
         if self.split:
             state.update(world_size=self.world, ranks=ranks)
-        save_state(path, state, keep_previous=True)
+        self.writer.save(path, state, keep_previous=True)
 
     def load(self, path: Path) -> bool:
         """Resume from `path` if it exists (all ranks take the same branch); True if resumed."""
