@@ -377,6 +377,9 @@ def test_cuda_streams_map_onto_any_number_of_devices():
     assert set(plan) == {0, 3} and torch.equal(plan[3], saved[0])
     # a CPU checkpoint (no CUDA state) under device: cuda: the job's stream is reseeded
     assert cuda_rng_plan([], None, 2, 1) == {1: None}
+    # a checkpoint from before the saved index: the job's device takes its own index's state
+    assert torch.equal(cuda_rng_plan(saved, None, 1, 0)[0], saved[0])
+    assert torch.equal(cuda_rng_plan(saved[:1], None, 4, 2)[2], saved[0])
     # no job device (e.g. a classifier's CPU run): states by index, the rest dropped
     assert list(cuda_rng_plan(saved, 5, 2, None)) == [0, 1]
 

@@ -384,9 +384,12 @@ def cuda_rng_plan(saved: list[torch.Tensor], saved_index: int | None, count: int
     visible devices take the saved states by index while both exist; the rest are dropped."""
     plan: dict[int, torch.Tensor | None] = dict(zip(range(count), saved))
     if own_index is not None and own_index < count:
-        own = saved[saved_index] if saved_index is not None and saved_index < len(saved) \
-            else (saved[0] if len(saved) == 1 else None)
-        plan[own_index] = own
+        if saved_index is not None and saved_index < len(saved):
+            plan[own_index] = saved[saved_index]
+        elif own_index < len(saved):  # no index saved (older checkpoints): the same device's
+            plan[own_index] = saved[own_index]
+        else:  # the one GPU it was saved with, or none at all (a CPU checkpoint): reseed
+            plan[own_index] = saved[0] if len(saved) == 1 else None
     return plan
 
 
