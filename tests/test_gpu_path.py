@@ -472,3 +472,23 @@ def test_device_data_and_background_checkpoints_keep_the_records(data_root, mnis
         a, b = (load_state(tmp_path / r / f"gen_{i:02d}" / CHECKPOINT)["nets"]
                 for r in ("plain", "part"))
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_cuda_setting_at_once_trains_and_resumes_exactly(data_root, mnist, tmp_path):
+    """What a GPU run of a fused DCGAN group uses by default or by choice, all at once on CPU:
+    bf16, channels_last, compiled nets, grouped draws, data on the device, background
+    checkpoints, the adaptive fool term; a run stopped at its checkpoint resumes to the
+    uninterrupted run's records."""
+    _register("gangaps_test_all")
+    extra = {"gan.bf16": True, "gan.channels_last": True, "gan.compile": True,
+             "gan.compile_backend": "gangaps_test_all", "gan.rng": "grouped",
+             "gan.data_on_device": True, "gan.checkpoint_background": True,
+             "gan.checkpoint_kimg": 2 * STEP_KIMG, "gan.log_kimg": STEP_KIMG,
+             "experiment.fool_lambda": 1.0, "experiment.fool_weighting": "adaptive"}
+    clf = _classifier()
+    _train(tmp_path / "full", _dcgan_cfg(data_root, 4, **extra), mnist, 4, [clf])
+    _train(tmp_path / "part", _dcgan_cfg(data_root, 2, **extra), mnist, 4, [clf])
+    _train(tmp_path / "part", _dcgan_cfg(data_root, 4, **extra), mnist, 4, [clf])
+    full = _records(tmp_path / "full", 4)
+    assert _records(tmp_path / "part", 4) == full
+    assert all(len(r) == 4 and r[-1]["loss_fool"] > 0 for r in full)
