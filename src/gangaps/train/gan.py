@@ -110,10 +110,11 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
     if gcfg.compile:
         if gcfg.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
             raise UserError(f"gan.compile_backend={gcfg.compile_backend!r}: not a torch.compile "
-                            f"backend; e.g. inductor, aot_eager")
+                            "backend; e.g. inductor, aot_eager")
         # the adaptive fool weight differentiates twice through one graph (retain_graph), which
         # compiled backwards with donated buffers refuse
-        torch._functorch.config.donated_buffer = False
+        import torch._functorch.config as functorch_config
+        functorch_config.donated_buffer = False
         family.compile(nets, gcfg.compile_backend)
     autocast = (lambda: torch.autocast(device.type, torch.bfloat16)) if gcfg.bf16 \
         else contextlib.nullcontext
