@@ -92,9 +92,27 @@ class GANConfig(_Section):
     snapshot_kimg: float = Field(0.0, ge=0, description="every this many kimg: a sample grid "
                                  "and a network snapshot in gen_NN/snapshots/ (0: off)")
     snapshots_kept: int = Field(5, ge=0, description="network snapshots kept (0: all)")
-    bf16: bool = Field(False, description="CUDA: bf16 autocast of the networks")
-    channels_last: bool = Field(False, description="CUDA: channels_last memory format")
+    bf16: bool = Field(False, description="bf16 autocast of the networks (the fool term "
+                       "stays fp32); meant for CUDA, also runs (slowly) on CPU")
+    channels_last: bool = Field(False, description="channels_last memory format of the "
+                                "networks and their optimizer moments (CUDA; also on CPU)")
     compile: bool = Field(False, description="torch.compile the networks (CUDA)")
+    compile_backend: str = Field("inductor", description="torch.compile backend of "
+                                 "gan.compile (aot_eager: no code generation, for tests)")
+    rng: Literal["auto", "per-instance", "grouped"] = Field(
+        "auto", description="per-instance: each instance of a group draws latents and dropout "
+        "masks from its own streams (a group trains exactly as its instances alone); grouped: "
+        "one draw per tensor for the whole group from the global RNG (fewer ops, compilable); "
+        "auto: per-instance on CPU, grouped on CUDA")
+    data_on_device: bool | Literal["auto"] = Field(
+        "auto", description="keep the real images on the training device, gathered there each "
+        "step (auto: on CUDA when they fill at most a quarter of its memory)")
+    checkpoint_minutes: float | None = Field(None, gt=0, description="also checkpoint when this "
+                                             "long has passed since the last (checked at log "
+                                             "lines); null: only every checkpoint_kimg")
+    checkpoint_background: bool | Literal["auto"] = Field(
+        "auto", description="write checkpoints on a background thread (tensors copied first, so "
+        "the step never waits for the disk); auto: on CUDA")
 
     @model_validator(mode="after")
     def _betas(self) -> GANConfig:

@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +262,43 @@ def save_state(path: str | Path, state: dict[str, Any], keep_previous: bool = Fa
     save_tensors(path, tensors, {"gangaps": json.dumps(skeleton)}, keep_previous)
 
 
+class StateWriter:
+    """`save_state`, optionally on a background thread, one file at a time. The state's tensors
+    are copied to host memory before `save` returns (training may change them meanwhile); the
+    hashing, writing, fsync and rename then run beside the caller. `wait()` before anything
+    that needs the file; a failed write (a full disk) is raised by the next `save` or `wait`."""
+
+    def __init__(self, background: bool) -> None:
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, path: str | Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+        self.wait()
+        tensors: dict[str, torch.Tensor] = {}
+        meta = {"gangaps": json.dumps(_flatten(state, tensors, ""))}  # the copy to the host
+        if not self.background:
+            save_tensors(path, tensors, meta, keep_previous)
+            return
+
+        def write() -> None:
+            try:
+                save_tensors(path, tensors, meta, keep_previous)
+            except BaseException as e:  # noqa: BLE001 - handed to the training thread
+                self._error = e
+
+        self._thread = threading.Thread(target=write, name=f"checkpoint {Path(path).name}")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Inverse of save_state. Reads JSON and raw tensors only: never executes code.
 
@@ -302,15 +340,77 @@ def load_resumable(path: str | Path, device: str | torch.device = "cpu") -> dict
     return None
 
 
-def rng_state() -> dict[str, Any]:
-    """Torch RNG states (CPU and, when present, every CUDA device)."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Torch RNG states: CPU and, when present, every visible CUDA device, plus the index of
+    the job's own CUDA device (`device`): the stream a resume must continue, wherever it runs.
+    Every state is raw bytes (CPU: MT19937, 5056; CUDA: Philox seed and offset, 16), so the
+    file is the same on any machine; `set_rng_state` maps it onto the devices it finds."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = list(torch.cuda.get_rng_state_all())
+        if device is not None and device.type == "cuda":
+            state["cuda_index"] = _cuda_index(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def _cuda_index(device: torch.device) -> int:
+    index = torch.device(device).index
+    return torch.cuda.current_device() if index is None else index
+
+
+def derived_seed(saved: torch.Tensor) -> int:
+    """A seed that is a function of a saved generator state (a stream that cannot continue on
+    this kind of device restarts from it: different, but reproducible)."""
+    digest = hashlib.sha256(saved.detach().cpu().contiguous().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**63
+
+
+def restore_generator(gen: torch.Generator, saved: torch.Tensor) -> bool:
+    """Set `gen` to a saved state; True if it continues exactly. A state of another kind of
+    generator (a CPU stream resumed on CUDA or back: another size) reseeds `gen` with
+    `derived_seed` instead of failing with torch's 'RNG state is wrong size'."""
+    if saved.numel() == gen.get_state().numel():
+        gen.set_state(saved)
+        return True
+    gen.manual_seed(derived_seed(saved))
+    return False
+
+
+def cuda_rng_plan(saved: list[torch.Tensor], saved_index: int | None, count: int,
+                  own_index: int | None) -> dict[int, torch.Tensor | None]:
+    """Which saved CUDA state goes to which visible device (None: reseed it). The job's own
+    stream (saved at `saved_index`) goes to the job's device (`own_index`) whatever the two
+    indices: a checkpoint of GPU 5 of 8 resumes on a Ray worker's only GPU (cuda:0). Other
+    visible devices take the saved states by index while both exist; the rest are dropped."""
+    plan: dict[int, torch.Tensor | None] = dict(zip(range(count), saved))
+    if own_index is not None and own_index < count:
+        if saved_index is not None and saved_index < len(saved):
+            plan[own_index] = saved[saved_index]
+        elif own_index < len(saved):  # no index saved (older checkpoints): the same device's
+            plan[own_index] = saved[own_index]
+        else:  # the one GPU it was saved with, or none at all (a CPU checkpoint): reseed
+            plan[own_index] = saved[0] if len(saved) == 1 else None
+    return plan
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> bool:
+    """Restore `rng_state`, saved here or on a machine with another number of CUDA devices
+    (see `cuda_rng_plan`; `device`: the job's device now). True if every stream continues
+    exactly, False if some had to restart from `derived_seed` (no CUDA state saved for the
+    job's device: a CPU checkpoint resumed on CUDA)."""
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return True
+    own = _cuda_index(device) if device is not None and torch.device(device).type == "cuda" \
+        else None
+    exact = True
+    plan = cuda_rng_plan(list(state.get("cuda", [])), state.get("cuda_index"),
+                         torch.cuda.device_count(), own)
+    for i, saved in plan.items():
+        gen = torch.cuda.default_generators[i]
+        if saved is None:
+            gen.manual_seed(derived_seed(state["cpu"]) + i)
+            exact = exact and i != own
+        else:
+            exact = restore_generator(gen, saved) and exact
+    return exact

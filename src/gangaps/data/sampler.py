@@ -13,11 +13,14 @@ class EpochSampler:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.epoch, self.pos = 0, 0
         self._perm: torch.Tensor | None = None
+        self.device: torch.device | None = None  # where the order lives (data on the device)
 
     def _order(self) -> torch.Tensor:
         if self._perm is None:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             self._perm = torch.randperm(self.n, generator=g)
+            if self.device is not None:  # once an epoch: a step's slice is then a device view
+                self._perm = self._perm.to(self.device)
         return self._perm
 
     def next(self) -> torch.Tensor:

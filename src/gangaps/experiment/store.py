@@ -261,14 +261,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def _comparable(cfg: Config) -> dict:
-    """Settings that change results; `device` and `resources` (where jobs run) and
-    `gan.tensorboard` (what is logged) may differ between a run and its resume."""
+    """Settings that change results; `device` and `resources` (where jobs run),
+    `gan.tensorboard` (what is logged) and how checkpoints are written and data held may differ
+    between a run and its resume."""
     flat = _flatten(cfg.model_dump(mode="json", exclude={"resources"}))
     flat.pop("device", None)
     flat.pop("deterministic", None)  # how kernels run, like device
     flat.pop("gan.tensorboard", None)
     flat.pop("gan.snapshot_kimg", None)  # snapshots watch a run; they change no result
     flat.pop("gan.snapshots_kept", None)
+    for key in ("gan.checkpoint_minutes", "gan.checkpoint_background", "gan.data_on_device"):
+        flat.pop(key, None)  # when and how state is written or held, not what is computed
     return flat
 
 

@@ -67,11 +67,12 @@ class DCGANFamily(GANFamily):
         if phase.name == "D":
             with torch.no_grad():
                 fake = G(z)
-            real_logits, fake_logits = D(real), D(fake)
+            # float32 logits (a no-op in fp32): under bf16 autocast the loss keeps its precision
+            real_logits, fake_logits = D(real).float(), D(fake).float()
             # -log(sigmoid(D(x))) - log(1 - sigmoid(D(G(z))))
             loss = F.softplus(-real_logits).mean(-1) + F.softplus(fake_logits).mean(-1)
             return PhaseResult(loss, {"loss_D": loss.detach(), "D_real": real_logits.mean(-1).detach(),
                                       "D_fake": fake_logits.mean(-1).detach()})
         fake = G(z)
-        loss = F.softplus(-D(fake)).mean(-1)  # non-saturating: -log(sigmoid(D(G(z))))
+        loss = F.softplus(-D(fake).float()).mean(-1)  # non-saturating: -log(sigmoid(D(G(z))))
         return PhaseResult(loss, {"loss_G": loss.detach()}, fake=fake)

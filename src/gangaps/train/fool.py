@@ -86,8 +86,12 @@ class FoolTerm(nn.Module):
         if fake.ndim == 4:
             return self(fake[None])[0]
         n = fake.shape[0]
-        x = quantize_straight_through(fake.flatten(0, 1))
-        return torch.stack([F.softplus(-c(x)).view(n, -1).mean(1) for c in self.classifiers]).mean(0)
+        # float32 whatever the caller's autocast (gan.bf16): in bf16 the uint8 grid itself is
+        # off by up to half a grey level, and the frozen classifiers were trained in float32
+        with torch.autocast(fake.device.type, enabled=False):
+            x = quantize_straight_through(fake.flatten(0, 1).float())
+            return torch.stack([F.softplus(-c(x)).view(n, -1).mean(1)
+                                for c in self.classifiers]).mean(0)
 
     def weighted(self, fake: torch.Tensor, adv_loss: torch.Tensor, last_layer: torch.Tensor,
                  step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:

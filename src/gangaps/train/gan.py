@@ -101,17 +101,23 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
     if split:
         real = ddp.shard(real)
     state = TrainState(family, gcfg, jobs, channels, resolution, len(real), device, split)
+    real = state.place(real)  # on the device once (gan.data_on_device)
     world, writer = state.world, state.rank == 0  # rank 0 alone writes and shows progress
     nets, opts, phases = state.nets, state.opts, family.phases(gcfg)
     fool = FoolTerm(jobs[0].fool_classifiers,
                     FoolSchedule.from_config(cfg.experiment, total_steps)).to(device)
-    cuda = device.type == "cuda"
-    if cuda and gcfg.channels_last:
-        nets.to(memory_format=torch.channels_last)
+    # channels_last is applied by the state (parameters and optimizer moments); bf16 and
+    # channels_last run on any device, so the CUDA path is tested on CPU (CPU autocast)
     if gcfg.compile:
-        for net in nets.values():
-            net.compile()
-    autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if cuda and gcfg.bf16 \
+        if gcfg.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+            raise UserError(f"gan.compile_backend={gcfg.compile_backend!r}: not a torch.compile "
+                            "backend; e.g. inductor, aot_eager")
+        # the adaptive fool weight differentiates twice through one graph (retain_graph), which
+        # compiled backwards with donated buffers refuse
+        import torch._functorch.config as functorch_config
+        functorch_config.donated_buffer = False
+        family.compile(nets, gcfg.compile_backend)
+    autocast = (lambda: torch.autocast(device.type, torch.bfloat16)) if gcfg.bf16 \
         else contextlib.nullcontext
 
     ckpt_path = (jobs[0].out_dir if n == 1 else group_dir) / CHECKPOINT
@@ -147,6 +153,7 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
     step_flops = peak and n * instance_step_flops(family, gcfg, channels, resolution,
                                                   state.batch_size, device)
     t0, steps = time.perf_counter(), 0
+    last_ckpt = time.monotonic()  # gan.checkpoint_minutes counts from here
     nets.train()
     bar = tqdm(total=total_steps, initial=state.step, unit="step", leave=False,
                desc=jobs[0].label or jobs[0].out_dir.name if n == 1 else f"{n} instances",
@@ -183,6 +190,10 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
         bar.update(1)
         if state.step % log_every == 0 or state.step % ckpt_every == 0 or state.step == total_steps:
             check_finite()
+        ckpt_due = state.step % ckpt_every == 0 or state.step == total_steps
+        if state.step % log_every == 0 and gcfg.checkpoint_minutes and not ckpt_due:
+            # time-based, at log lines only (checked for finite losses above); rank 0's clock
+            ckpt_due = ddp.agree(time.monotonic() - last_ckpt >= 60 * gcfg.checkpoint_minutes)
         if state.step % log_every == 0 or state.step == total_steps:
             dt = max(time.perf_counter() - t0, 1e-9)
             means = {k: (v / stats_n[k]).tolist() for k, v in stats_sum.items()}
@@ -199,11 +210,14 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
             bar.set_postfix(img_s=f"{speed['img_per_s'] * n:.0f}")
             stats_sum, stats_n, t0, steps = {}, {}, time.perf_counter(), 0
         snap = snap_every and state.step % snap_every == 0
-        if state.step % ckpt_every == 0 or state.step == total_steps or snap:
-            state.save(ckpt_path)
+        if ckpt_due or snap:
+            state.save(ckpt_path)  # on a background thread with gan.checkpoint_background
+            last_ckpt = time.monotonic()
         if snap and writer:
+            state.writer.wait()  # a snapshot is drawn from the written checkpoint
             write_snapshot(state, jobs, ckpt_path, gcfg, device)
     bar.close()
+    state.writer.wait()
     for log in logs:
         log.close()
     if n > 1:  # every instance ends as an ordinary job checkpoint in its own directory

@@ -25,8 +25,8 @@ from torch import nn
 from gangaps.config import GANConfig
 from gangaps.data import to_model_range
 from gangaps.data.sampler import EpochSampler
-from gangaps.errors import UserError
-from gangaps.io import load_resumable, rng_state, save_state, set_rng_state
+from gangaps.errors import UserError, warn
+from gangaps.io import StateWriter, load_resumable, restore_generator, rng_state, save_state, set_rng_state
 from gangaps.models.grouped import instance_state, instance_tensor
 from gangaps.train import distributed as ddp
 from gangaps.train.family import GANFamily
@@ -51,11 +51,24 @@ class Streams:
         return {"sampler": self.sampler.state_dict(), "z_gen": self.z.get_state(),
                 "mask_gen": self.masks.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> bool:
+        """True if both streams continue exactly (False: saved on another kind of device)."""
         self.sampler.load_state_dict(state["sampler"])
-        self.z.set_state(state["z_gen"])
+        exact = restore_generator(self.z, state["z_gen"])
         if "mask_gen" in state:  # checkpoints before per-instance masks lack it
-            self.masks.set_state(state["mask_gen"])
+            exact = restore_generator(self.masks, state["mask_gen"]) and exact
+        return exact
+
+
+def _on(setting: bool | str, device: torch.device) -> bool:
+    """A bool-or-auto setting resolved: auto is on for CUDA."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def grouped_rng(cfg: GANConfig, device: torch.device) -> bool:
+    """gan.rng resolved: auto draws grouped on CUDA and per instance elsewhere (the CPU
+    default's numbers stay those of the instances trained alone)."""
+    return cfg.rng == "grouped" or (cfg.rng == "auto" and device.type == "cuda")
 
 
 class TrainState:
@@ -83,6 +96,8 @@ class TrainState:
             instances.append(nets)
         self.nets = (instances[0] if self.n == 1 else family.fuse(cfg, channels, instances))
         self.nets = self.nets.to(device)
+        if family.channels_last(cfg, device):  # before the optimizers: moments follow params
+            self.nets.to(memory_format=torch.channels_last)
         self.opts = family.optimizers(cfg, self.nets)
         if ddp.is_distributed():  # every family: one gradient average a step, one start
             for opt in self.opts.values():
@@ -91,18 +106,42 @@ class TrainState:
         if split:
             torch.manual_seed(stream_seeds[0])  # per-rank noise and augmentation from here on
         self.streams = [Streams.seeded(n_real, self.batch_size, s, device) for s in stream_seeds]
-        family.use_generators(self.nets, [s.masks for s in self.streams])
+        # grouped: latents and dropout masks drawn once per tensor for the whole group from the
+        # global RNG (checkpointed); per-instance: from each instance's own streams
+        self.grouped = grouped_rng(cfg, device)
+        if not self.grouped:
+            family.use_generators(self.nets, [s.masks for s in self.streams])
         self.step = 0
         self._buffers = {name for name, _ in self.nets.named_buffers()}
+        self.writer = StateWriter(_on(cfg.checkpoint_background, device))
+
+    def place(self, real: torch.Tensor) -> torch.Tensor:
+        """The real images where batches are gathered from: on the device once
+        (gan.data_on_device; auto: CUDA, if they fill at most a quarter of its memory), with
+        each instance's data order there too, so a step is one gather on the device and no
+        host copy; else on the host (each step's batch copied over)."""
+        on = self.cfg.data_on_device
+        if on == "auto":
+            on = self.device.type == "cuda" and real.numel() * real.element_size() <= \
+                torch.cuda.get_device_properties(self.device).total_memory // 4
+        if not on:
+            return real
+        for s in self.streams:
+            s.sampler.device = self.device
+        return real.to(self.device)
 
     # -- one step's inputs: each instance's own ------------------------------------------
     def real_batch(self, real: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] alone, [n, B, C, H, W] for a group, in the model's range."""
         idx = [s.sampler.next() for s in self.streams]
-        x = real[idx[0]] if self.n == 1 else torch.stack([real[i] for i in idx])
+        # one gather for the whole group (the same values as stacking per-instance gathers)
+        x = real[idx[0]] if self.n == 1 else real[torch.cat(idx)].view(self.n, -1, *real.shape[1:])
         return to_model_range(x.to(self.device, non_blocking=True))
 
     def latents(self, batch: int) -> torch.Tensor:
+        if self.grouped:
+            shape = (batch, self.cfg.z_dim) if self.n == 1 else (self.n, batch, self.cfg.z_dim)
+            return torch.randn(shape, device=self.device)
         z = [torch.randn(batch, self.cfg.z_dim, device=self.device, generator=s.z)
              for s in self.streams]
         return z[0] if self.n == 1 else torch.stack(z)
@@ -118,12 +157,12 @@ class TrainState:
         ranks = None
         if self.split:
             ranks = ddp.gather_to_rank0({
-                **self.streams[0].state_dict(), "rng": rng_state(),
+                **self.streams[0].state_dict(), "rng": rng_state(self.device),
                 "buffers": {k: v.detach().cpu() for k, v in self.nets.state_dict().items()
                             if k in self._buffers}})
         if self.rank != 0:
             return
-        state = {"nets": self.nets.state_dict(), "rng": rng_state(), "step": self.step,
+        state = {"nets": self.nets.state_dict(), "rng": rng_state(self.device), "step": self.step,
                  "opts": {k: o.state_dict() for k, o in self.opts.items()}}
         if self.n == 1:  # the format of one job's checkpoint (what load_generator reads)
             state.update(spec=self._spec(self.seeds[0]), **self.streams[0].state_dict())
@@ -131,7 +170,7 @@ class TrainState:
             state.update(spec=self._spec(), streams=[s.state_dict() for s in self.streams])
         if self.split:
             state.update(world_size=self.world, ranks=ranks)
-        save_state(path, state, keep_previous=True)
+        self.writer.save(path, state, keep_previous=True)
 
     def load(self, path: Path) -> bool:
         """Resume from `path` if it exists (all ranks take the same branch); True if resumed."""
@@ -149,16 +188,21 @@ class TrainState:
         self.nets.load_state_dict(state["nets"])
         for k, opt in self.opts.items():
             opt.load_state_dict(state["opts"][k])
+            _moments_like_parameters(opt)
         if self.n == 1:
             own = state["ranks"][self.rank] if self.split else state
             if self.split:  # this rank's own buffers (BatchNorm statistics, running means)
                 self.nets.load_state_dict({**self.nets.state_dict(), **own["buffers"]})
-            self.streams[0].load_state_dict(own)
-            set_rng_state(own["rng"])
+            exact = self.streams[0].load_state_dict(own)
+            exact = set_rng_state(own["rng"], self.device) and exact
         else:
-            for s, own in zip(self.streams, state["streams"], strict=True):
-                s.load_state_dict(own)
-            set_rng_state(state["rng"])
+            exact = all([s.load_state_dict(own)
+                         for s, own in zip(self.streams, state["streams"], strict=True)])
+            exact = set_rng_state(state["rng"], self.device) and exact
+        if not exact:
+            warn(f"{path}: random streams saved on another kind of device restart from seeds "
+                 "derived from the checkpoint (the run goes on, not bit-identical to one that "
+                 "never moved)")
         self.step = state["step"]
         return True
 
@@ -182,8 +226,18 @@ class TrainState:
                 idx: {name: instance_tensor(t.cpu(), i, self.n, like[idx].shape)
                       for name, t in moments.items()} for idx, moments in sd["state"].items()}}
         save_state(path, {"spec": self._spec(self.seeds[i]), "nets": nets.state_dict(),
-                          "opts": opts, **self.streams[i].state_dict(), "rng": rng_state(),
+                          "opts": opts, **self.streams[i].state_dict(), "rng": rng_state(self.device),
                           "step": self.step})
+
+
+def _moments_like_parameters(opt: torch.optim.Optimizer) -> None:
+    """Loaded optimizer moments take their parameter's memory layout (a checkpoint stores
+    tensors contiguous; channels_last parameters would otherwise step NHWC against NCHW)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    opt.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _sampler_weights(checkpoint: Path) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from contextlib import nullcontext
 from typing import Any
 
@@ -85,7 +86,10 @@ class StyleGAN2Family(GANFamily):
         self._o: dict[str, Any] | None = None
         self._gamma = 0.0
         self._ema_kimg = 0.0
-        self._formatted = False
+        self._cfg: GANConfig | None = None
+        # gan.compile: compiled views of each `nets`' networks (keyed weakly by the nets, so
+        # throwaway nets, e.g. the FLOP count's, stay eager and nothing is kept alive)
+        self._compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ setup
 
@@ -138,7 +142,7 @@ class StyleGAN2Family(GANFamily):
 
     def _setup(self, cfg: GANConfig, resolution: int) -> dict[str, Any]:
         o = self.resolve_options(cfg)
-        self._o = o
+        self._o, self._cfg = o, cfg
         self._gamma = (0.0002 * resolution**2 / cfg.batch_size if o["r1_gamma"] is None
                        else float(o["r1_gamma"]))
         self._ema_kimg = (cfg.batch_size * 10 / 32 if o["ema_kimg"] is None
@@ -184,7 +188,8 @@ class StyleGAN2Family(GANFamily):
         for k in ("G", "D"):
             c = self._lazy(k)
             opts[k] = torch.optim.Adam(nets[k].parameters(), lr=cfg.lr * c,
-                                       betas=(cfg.betas[0] ** c, cfg.betas[1] ** c), eps=1e-8)
+                                       betas=(cfg.betas[0] ** c, cfg.betas[1] ** c), eps=1e-8,
+                                       fused=True if next(nets[k].parameters()).is_cuda else None)
             ddp.average_gradients_before_step(opts[k])  # no-op without a process group
         ddp.broadcast_module(nets)  # multi-GPU: every rank starts from rank 0's weights
         return opts
@@ -202,40 +207,55 @@ class StyleGAN2Family(GANFamily):
 
     # ------------------------------------------------------------------ forward passes
 
-    def _prepare(self, nets: nn.ModuleDict, device: torch.device) -> None:
-        """Once, on the first CUDA step: NHWC layout for the convolutions (cuDNN's fast path).
-        Parameters are converted in place, so optimizers and checkpoints are unaffected."""
-        if not self._formatted and device.type == "cuda" and self._o["channels_last"]:
-            nets.to(memory_format=torch.channels_last)
-        self._formatted = True
+    def channels_last(self, cfg: GANConfig, device: torch.device) -> bool:
+        """NHWC layout (cuDNN's fast path): options.channels_last on CUDA, or gan.channels_last
+        on any device (the loop formats the nets once; `_images` the inputs)."""
+        o = self._o if self._o is not None else self.resolve_options(cfg)
+        return cfg.channels_last or (device.type == "cuda" and o["channels_last"])
+
+    def compile(self, nets: nn.ModuleDict, backend: str) -> None:
+        """Compiled D, mapping and synthesis for the main phases only. R1 and path length
+        differentiate twice (create_graph=True), which compiled modules do not support
+        (aot_autograd), so the lazy regularisation phases (1/r1_interval and 1/pl_interval of
+        the steps) run the same parameters eagerly."""
+        G = nets["G"]
+        self._compiled[nets] = {name: torch.compile(m, backend=backend) for name, m in
+                                (("D", nets["D"]), ("mapping", G.mapping),
+                                 ("synthesis", G.synthesis))}
 
     def _autocast(self, device: torch.device):
-        if device.type == "cuda" and self._o["mixed_precision"] == "bf16":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self._cfg.bf16 or (device.type == "cuda" and self._o["mixed_precision"] == "bf16"):
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def _images(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and self._o["channels_last"]:
+        if self.channels_last(self._cfg, x.device):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _run_G(self, G: Generator, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_G(self, G: Generator, z: torch.Tensor, fast: dict | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and the (mixed) ws they came from. With probability style_mixing_prob, the ws
-        from a uniformly drawn cutoff in [1, num_ws) on come from a second latent."""
-        ws = G.mapping(z, update_w_avg=True)
+        from a uniformly drawn cutoff in [1, num_ws) on come from a second latent. `fast`: the
+        compiled modules to use (`compile`), if any."""
+        fast = fast or {}
+        mapping, synthesis = fast.get("mapping", G.mapping), fast.get("synthesis", G.synthesis)
+        ws = mapping(z, update_w_avg=True)
         if self._o["style_mixing_prob"] > 0:
             num_ws = ws.shape[1]
             cutoff = torch.randint(1, num_ws, (), device=z.device)
             mix = torch.rand((), device=z.device) < self._o["style_mixing_prob"]
             cutoff = torch.where(mix, cutoff, torch.full_like(cutoff, num_ws))
-            ws2 = G.mapping(torch.randn_like(z), update_w_avg=False)
+            ws2 = mapping(torch.randn_like(z), update_w_avg=False)
             later = (torch.arange(num_ws, device=z.device) >= cutoff).reshape(1, -1, 1)
             ws = torch.where(later, ws2, ws)  # tensor ops only: no GPU sync for the cutoff
-        return self._images(G.synthesis(ws)), ws
+        return self._images(synthesis(ws)), ws
 
-    def _run_D(self, nets: nn.ModuleDict, img: torch.Tensor) -> torch.Tensor:
+    def _run_D(self, nets: nn.ModuleDict, img: torch.Tensor, fast: dict | None = None
+               ) -> torch.Tensor:
         # float32 logits: under bf16 autocast D's last layer would round them to 8 bits.
-        return nets["D"](nets["augment"](img)).squeeze(1).float()
+        D = (fast or {}).get("D", nets["D"])
+        return D(nets["augment"](img)).squeeze(1).float()
 
     def _real(self, real: torch.Tensor) -> torch.Tensor:
         if self._o["xflip"]:  # NVIDIA's --mirror: each real image flipped with probability 1/2
@@ -248,24 +268,24 @@ class StyleGAN2Family(GANFamily):
     def phase_loss(self, phase: Phase, nets: nn.ModuleDict, real: torch.Tensor,
                    z: torch.Tensor, step: int) -> PhaseResult:
         assert self._o is not None, "build() first"
-        self._prepare(nets, real.device)
         G, D = nets["G"], nets["D"]
+        fast = self._compiled.get(nets)  # compiled modules (gan.compile), main phases only
         # Only the network this phase optimizes builds parameter gradients.
         G.requires_grad_(phase.opt == "G")
         D.requires_grad_(phase.opt == "D")
         with self._autocast(real.device):
             if phase.name == "Gmain":
-                fake, _ = self._run_G(G, z)
-                logits = self._run_D(nets, fake)
+                fake, _ = self._run_G(G, z, fast)
+                logits = self._run_D(nets, fake, fast)
                 loss = F.softplus(-logits).mean()
                 return PhaseResult(loss, _stats(loss_G=loss), fake=fake)
             if phase.name == "Greg":
                 return self._path_length(nets, z, phase.interval)
             if phase.name == "Dmain":
                 with torch.no_grad():
-                    fake, _ = self._run_G(G, z)
-                fake_logits = self._run_D(nets, fake)
-                real_logits = self._run_D(nets, self._real(real))
+                    fake, _ = self._run_G(G, z, fast)
+                fake_logits = self._run_D(nets, fake, fast)
+                real_logits = self._run_D(nets, self._real(real), fast)
                 nets["augment"].observe(real_logits)
                 loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
                 return PhaseResult(loss, _stats(loss_D=loss, D_real=real_logits.mean(),
@@ -316,8 +336,9 @@ class StyleGAN2Family(GANFamily):
         nets["augment"].update(step, batch_size)
 
 
-def _stats(**values: torch.Tensor) -> dict[str, float]:
-    """Scalars to floats with a single device sync for the whole phase."""
+def _stats(**values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The phase's scalars as device tensors (the loop reads them only at log time: no host
+    sync per step), copied by the stack so later in-place updates (augment p) do not show."""
     keys = list(values)
-    flat = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()
-    return dict(zip(keys, flat, strict=True))
+    flat = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+    return dict(zip(keys, flat.unbind(), strict=True))
