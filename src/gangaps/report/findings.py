@@ -97,7 +97,8 @@ RULES = {
                          "diagonal below the off-diagonal).",
                          "the accuracy drop (held-out G_{k-1} to G_k) of held-out C_{k-1} of "
                          "the fooled architecture minus that of other architectures", 0.05,
-                         _POINTS, "the fooled architecture drops {pts:.0f} points more"),
+                         _POINTS,
+                         "the fooled architecture's drop minus the others': {pts:+.0f} points"),
 }
 
 
