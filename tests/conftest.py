@@ -62,3 +62,12 @@ def _restore_torch_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> None:
+    """One intra-op thread for a module of tiny networks: on the shared 2-core test box two
+    spinning OpenMP threads made small convolutions up to ~4x slower than one (measured), and
+    one thread fixes the float reductions. `_restore_torch_threads` puts the count back."""
+    import torch
+    torch.set_num_threads(1)

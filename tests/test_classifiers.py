@@ -13,6 +13,8 @@ from gangaps.errors import UserError
 from gangaps.models.classifier_zoo import LogSpectrum, default_resnet_input_size
 from gangaps.models.classifiers import ARCHITECTURES, GANClassifier, build_classifier, freeze
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest.one_thread)
+
 ARCHS = sorted(ARCHITECTURES)
 # Small widths where an architecture has one, to keep the suite fast on 2 shared cores.
 SMALL = {"small_cnn": {"width": 8}, "patch": {"width": 8}, "spectrum": {"width": 8},
@@ -30,16 +32,6 @@ def _build(arch: str, c: int, s: int, **options) -> GANClassifier:
 
 def test_all_expected_architectures_registered():
     assert {"small_cnn", "resnet18", "resnet50", "patch", "spectrum", "dcgan_d"} <= set(ARCHS)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the test machine's 2 cores are shared, and oversubscribed
-    threads make these small convolutions several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 CASES = [(arch, shape) for arch in ARCHS for shape in ((1, 28), (3, 64))

@@ -15,17 +15,10 @@ from gangaps.metrics.detection import detection_metrics
 from gangaps.train.classifier import classify, load_classifier
 from tests.conftest import DATA
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest.one_thread)
+
 FACES = DATA / "faces_ffhq256_subset"
 N_TRAIN, N_TEST = 100, 20  # 120 files per side: 100 to train on, 20 other files to evaluate on
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the 2-core box is shared; one intra-op thread is also faster for these tiny nets
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

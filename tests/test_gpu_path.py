@@ -28,20 +28,14 @@ from gangaps.train.family import get_family
 from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator, train_generators
 from gangaps.train.speed import instance_step_flops
 from gangaps.train.state import TrainState
-from tests.conftest import tiny_overrides
+from tests.conftest import DATA, tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest.one_thread)
 
 CPU = torch.device("cpu")
-FACES = Path("/work/shared/data/faces_ffhq256_subset/real")
+FACES = DATA / "faces_ffhq256_subset" / "real"
 STEP_KIMG = 0.032  # one DCGAN step of tiny_overrides' batch 32
 SG_BATCH = 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()  # tiny nets on a shared 2-core machine
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------- helpers

@@ -14,10 +14,9 @@ from PIL import Image
 
 from gangaps.data.images import load_image_dataset, prepare_data, read_cache_meta
 from gangaps.errors import UserError
+from tests.conftest import DATA
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces_ffhq256_subset" / "real"
-if not FACES.is_dir():  # the checkout may live elsewhere than beside shared/
-    FACES = Path("/work/shared/data/faces_ffhq256_subset/real")
+FACES = DATA / "faces_ffhq256_subset" / "real"
 
 pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason="shared face images not available")
 

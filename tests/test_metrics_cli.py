@@ -16,16 +16,10 @@ from gangaps import cli
 from tests.conftest import tiny_overrides
 from tests.test_metrics_inception import _make_weights
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest.one_thread)
+
 ROOT = Path(__file__).resolve().parents[1]
 N = 6  # images per folder: Inception costs ~6 GFLOP an image on this CPU
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster than two contended threads on the shared test box
-    yield
-    torch.set_num_threads(threads)
 
 
 def _folders(tmp: Path) -> tuple[Path, Path]:

@@ -32,17 +32,9 @@ from gangaps.metrics.inception import (
     to_uint8_rgb,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest.one_thread)
+
 N = 8  # images per set
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for this module: on the shared, oversubscribed 2-core test box,
-    two spinning OpenMP threads made these convolutions ~4x slower than one (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class _RandomInception(FeatureExtractorInceptionV3):

@@ -28,8 +28,9 @@ from gangaps.metrics.lenet import (
     stats_path,
     train_lenet,
 )
+from tests.conftest import DATA
 
-ROOT = os.environ.get("GANGAPS_DATA_ROOT", "/work/shared/data")
+ROOT = os.environ.get("GANGAPS_DATA_ROOT", str(DATA))
 
 
 def _have_mnist() -> bool:
@@ -40,17 +41,8 @@ def _have_mnist() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(not _have_mnist(), reason=f"MNIST idx files not under {ROOT}")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for this module: on the shared, oversubscribed 2-core test box,
-    two spinning OpenMP threads made these convolutions ~4x slower than one (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.skipif(not _have_mnist(), reason=f"MNIST idx files not under {ROOT}"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

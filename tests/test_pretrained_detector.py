@@ -23,15 +23,9 @@ from gangaps.experiment.plan import fool_targets
 from gangaps.models.classifier_zoo import IMAGENET_MEAN, IMAGENET_STD, load_released_detector
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest.one_thread)
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _cnndetection_file(path: Path, seed: int = 0, arch: str = "resnet50") -> torch.nn.Module:

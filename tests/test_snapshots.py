@@ -15,21 +15,15 @@ from gangaps.generators import generate, load_generator
 from gangaps.io import load_state
 from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator, train_generators
 from gangaps.train.snapshots import SNAPSHOTS
+from tests.conftest import DATA
 
-FACES = Path("/work/shared/data/faces_ffhq256_subset/real")
-pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason="shared face images not available")
+FACES = DATA / "faces_ffhq256_subset" / "real"
+pytestmark = [pytest.mark.skipif(not FACES.is_dir(), reason="shared face images not available"),
+              pytest.mark.usefixtures("one_thread")]
 
 RES, BATCH = 16, 8
 CPU = torch.device("cpu")
 TINY = {"w_dim": 16, "channel_base": 128, "channel_max": 16, "mapping_layers": 1}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

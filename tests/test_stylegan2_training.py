@@ -19,22 +19,15 @@ from gangaps.models.classifiers import freeze, small_cnn
 from gangaps.train.family import get_family
 from gangaps.train.gan import CHECKPOINT, GeneratorJob, train_generator
 from gangaps.train.stylegan2_family import StyleGAN2Family
+from tests.conftest import DATA
 
-FACES = Path("/work/shared/data/faces_ffhq256_subset/real")
-pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason="shared face images not available")
+FACES = DATA / "faces_ffhq256_subset" / "real"
+pytestmark = [pytest.mark.skipif(not FACES.is_dir(), reason="shared face images not available"),
+              pytest.mark.usefixtures("one_thread")]
 
 RES, BATCH = 32, 8
 CPU = torch.device("cpu")
 TINY = {"w_dim": 32, "channel_base": 256, "channel_max": 32, "mapping_layers": 2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny nets on a shared 2-core machine: one thread is faster and makes runs deterministic.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
