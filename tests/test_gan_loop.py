@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -153,3 +154,72 @@ def test_adaptive_weight_makes_the_fool_gradient_lambda_times_the_adversarial_on
     term, stats = plain.weighted(fake, adv, last, step=0)
     assert float(stats["fool_weight"]) == 0.5
     assert FoolTerm([clf], FoolSchedule(lam=0.5, start=3)).weighted(fake, adv, last, 2) is None
+
+
+class _Brightness(torch.nn.Module):
+    """A fixed 'classifier': bright images are real (logit > 0), dark ones fake."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((1, 2, 3)) * 100
+
+
+def test_controlled_weight_rises_while_detected_and_falls_while_fooling():
+    """Per instance of a group: m goes up by 1/adjust_steps (log10) a step while fewer than
+    the target are called real, down while more are, and stops at the clamp."""
+    schedule = FoolSchedule(lam=0.1, adaptive_max=10.0, target=0.5, adjust_steps=4)
+    fool = FoolTerm([_Brightness()], schedule, instances=2)
+    fake = torch.stack([torch.full((8, 1, 28, 28), 0.5),    # instance 0: all called real
+                        torch.full((8, 1, 28, 28), -0.5)])  # instance 1: all called fake
+    weights = []
+    for step in range(8):
+        _, stats = fool.weighted(fake, torch.zeros(2), torch.zeros(2, 1), step)
+        weights.append(stats["fool_weight"].tolist())
+        assert stats["fooled"].tolist() == [1.0, 0.0]
+    # the weight used at step s is λ·10^(±s/4) until the clamp at 10^±1
+    for s, (w0, w1) in enumerate(weights):
+        assert w0 == pytest.approx(0.1 * 10 ** -min(s / 4, 1))
+        assert w1 == pytest.approx(0.1 * 10 ** min(s / 4, 1))
+    saved = fool.state_dict_for_resume()
+    again = FoolTerm([_Brightness()], schedule, instances=2)
+    again.load_state_for_resume(saved)
+    assert torch.equal(again.log_multiplier, fool.log_multiplier)
+    with pytest.raises(ValueError, match="instance count"):
+        FoolTerm([_Brightness()], schedule, instances=3).load_state_for_resume(saved)
+
+
+def test_controlled_generator_fools_more_than_fixed_at_a_weak_lambda(tmp_path, data_root):
+    """Where a fixed weak λ leaves G detected, the controller raises it until G fools the
+    classifier at about its target, and a killed controlled job resumes to the same weights."""
+    cfg = _cfg(data_root, **{"gan.kimg": 3, "experiment.fool_lambda": 0.02,
+                             "experiment.fool_adaptive_max": 1000.0})
+    real = _real(cfg)
+    clf = _Brightness()  # MNIST is mostly black: G must brighten its digits to be called real
+
+    def fooled(run_dir):
+        s = generate(load_generator(run_dir / CHECKPOINT), 500, seed=9)
+        return (clf(to_model_range(s)) > 0).float().mean().item()
+
+    fixed, controlled = tmp_path / "fixed", tmp_path / "controlled"
+    train_generator(GeneratorJob(fixed, seed=2, fool_classifiers=[clf]), cfg, real, CPU,
+                    progress=False)
+    ccfg = cfg.model_copy(deep=True)
+    ccfg.experiment.fool_weighting, ccfg.experiment.fool_target = "controlled", 0.5
+    ccfg.experiment.fool_adjust_kimg = 0.3
+    train_generator(GeneratorJob(controlled, seed=2, fool_classifiers=[clf]), ccfg, real, CPU,
+                    progress=False)
+    assert fooled(fixed) < 0.1
+    assert 0.2 < fooled(controlled) < 0.9
+    log = [json.loads(line) for line in (controlled / "log.jsonl").read_text().splitlines()]
+    assert max(r["fool_weight"] for r in log) > 5 * 0.02  # it raised the weight
+    # killed after 1 kimg and resumed: the multiplier comes back with the checkpoint
+    part, short = tmp_path / "part", ccfg.model_copy(deep=True)
+    short.gan.kimg = 1.0
+    train_generator(GeneratorJob(part, seed=2, fool_classifiers=[clf]), short, real, CPU,
+                    progress=False)
+    train_generator(GeneratorJob(part, seed=2, fool_classifiers=[clf]), ccfg, real, CPU,
+                    progress=False)
+    a, b = load_state(controlled / CHECKPOINT), load_state(part / CHECKPOINT)
+    assert torch.equal(a["companions"]["fool"]["log_multiplier"],
+                       b["companions"]["fool"]["log_multiplier"])
+    for k in a["nets"]:
+        assert torch.equal(a["nets"][k], b["nets"][k]), k

@@ -39,10 +39,17 @@ class ExperimentConfig(_Section):
                                    "classifier training (H1)")
     fool_mode: Literal["fool-all", "memoryless", "none"] = "fool-all"
     fool_lambda: float = Field(1.0, ge=0.0, description="weight λ of the fool term")
-    fool_weighting: Literal["fixed", "adaptive"] = Field(
+    fool_weighting: Literal["fixed", "adaptive", "controlled"] = Field(
         "fixed", description="fixed: weight λ; adaptive: λ × ‖∇L_adv‖/‖∇L_fool‖ at G's last "
-        "layer, clamped to fool_adaptive_max (the fool gradient is λ times the GAN gradient)")
-    fool_adaptive_max: float = Field(10.0, gt=0, description="clamp of the adaptive ratio")
+        "layer, clamped to fool_adaptive_max (the fool gradient is λ times the GAN gradient); "
+        "controlled: λ × m, m raised while fewer than fool_target of the fakes fool the "
+        "classifiers and lowered while more do, within [1/fool_adaptive_max, fool_adaptive_max]")
+    fool_adaptive_max: float = Field(10.0, gt=0, description="clamp of the adaptive ratio and "
+                                     "of the controlled multiplier")
+    fool_target: float = Field(0.5, gt=0.0, lt=1.0, description="controlled: the fraction of "
+                               "each step's fakes the fooled classifiers should call real")
+    fool_adjust_kimg: float = Field(2.0, gt=0.0, description="controlled: kimg (per instance) "
+                                    "over which the multiplier can change tenfold")
     fool_start: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of training before "
                               "the fool term starts (the GAN learns the data first)")
     fool_ramp: float = Field(0.0, ge=0.0, le=1.0, description="fraction of training, after "
@@ -67,6 +74,10 @@ class ExperimentConfig(_Section):
             if self.reuse_iteration0 is not None:
                 raise ValueError("iteration0_from and reuse_iteration0 both say where iteration "
                                  "0 comes from; set one")
+        if self.fool_weighting == "controlled" and self.fool_adaptive_max <= 1:
+            raise ValueError(f"fool_weighting=controlled keeps its multiplier within "
+                             f"[1/fool_adaptive_max, fool_adaptive_max]; fool_adaptive_max must "
+                             f"be > 1 (got {self.fool_adaptive_max})")
         return self
 
 

@@ -310,7 +310,8 @@ def extension_problem(old: Config, new: Config) -> str | None:
 # What may differ between runs that share one iteration 0 (sweeps): nothing iteration 0 uses.
 _AFTER_ITERATION0 = ("name", "experiment.iterations", "experiment.fool_mode",
                      "experiment.fool_lambda", "experiment.fool_weighting",
-                     "experiment.fool_adaptive_max", "experiment.fool_start",
+                     "experiment.fool_adaptive_max", "experiment.fool_target",
+                     "experiment.fool_adjust_kimg", "experiment.fool_start",
                      "experiment.fool_ramp", "experiment.init", "experiment.reuse_iteration0")
 
 

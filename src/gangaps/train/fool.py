@@ -14,11 +14,19 @@ collapse). So w(step) = λ · schedule(step) · balance(step):
 - balance (`adaptive=True`): ‖∇_θ L_adv‖ / ‖∇_θ L_fool‖ at the generator's last layer θ,
   clamped to [0, adaptive_max] and detached, so λ is the fool gradient's size relative to
   the adversarial one whatever their raw scales (VQGAN's balance of its GAN term, Esser et
-  al. 2021); 1 with `adaptive=False` (the plain fixed λ).
+  al. 2021); 1 with `adaptive=False` (the plain fixed λ);
+- or a controller (`target` set, `fool_weighting: controlled`): a multiplier m per instance,
+  raised while fewer than `target` of the step's fakes are called real by the classifiers
+  and lowered while more are, by a factor of 10 every `adjust_steps` steps at most, within
+  [1/adaptive_max, adaptive_max]. Like ADA's augmentation probability, it pushes only as
+  long as the generator is detected, and backs off once it fools (a fixed λ either pushes
+  after the goal is met, or not enough at a seed where the classifier is hard to fool). m
+  lives on the device (no host sync) and is checkpointed with the job (`state_dict`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,13 +52,19 @@ class FoolSchedule:
     ramp: int = 0
     adaptive: bool = False
     adaptive_max: float = 10.0
+    target: float | None = None  # the controller's fooled fraction (None: no controller)
+    adjust_steps: float = 1.0  # steps for the controller's multiplier to change tenfold
 
     @classmethod
-    def from_config(cls, experiment, total_steps: int) -> FoolSchedule:
-        """From `experiment.fool_*` (fractions of training) and the job's length in steps."""
+    def from_config(cls, experiment, total_steps: int, batch_size: int) -> FoolSchedule:
+        """From `experiment.fool_*` (fractions of training, kimg) and the job's length in
+        steps of `batch_size` images per instance."""
+        controlled = experiment.fool_weighting == "controlled"
         return cls(experiment.fool_lambda, round(experiment.fool_start * total_steps),
                    round(experiment.fool_ramp * total_steps),
-                   experiment.fool_weighting == "adaptive", experiment.fool_adaptive_max)
+                   experiment.fool_weighting == "adaptive", experiment.fool_adaptive_max,
+                   experiment.fool_target if controlled else None,
+                   max(1.0, experiment.fool_adjust_kimg * 1000 / batch_size))
 
     def scale(self, step: int) -> float:
         """λ · schedule(step): the weight before balancing."""
@@ -64,10 +78,13 @@ class FoolSchedule:
 class FoolTerm(nn.Module):
     """L_fool over `classifiers` (already chosen by fool_mode), weighted by a FoolSchedule."""
 
-    def __init__(self, classifiers: Sequence[nn.Module], schedule: FoolSchedule) -> None:
+    def __init__(self, classifiers: Sequence[nn.Module], schedule: FoolSchedule,
+                 instances: int = 1) -> None:
         super().__init__()
         self.classifiers = nn.ModuleList(freeze(c) for c in classifiers)
         self.schedule = schedule
+        # the controller's log10 multiplier per instance (0: weight λ · schedule)
+        self.register_buffer("log_multiplier", torch.zeros(instances), persistent=False)
 
     @property
     def active(self) -> bool:
@@ -76,6 +93,15 @@ class FoolTerm(nn.Module):
     def train(self, mode: bool = True) -> FoolTerm:
         return super().train(False)  # classifiers stay in eval mode whatever the caller does
 
+    def state_dict_for_resume(self) -> dict[str, torch.Tensor]:
+        """What a resumed job needs to continue the weight exactly (the controller's m)."""
+        return {"log_multiplier": self.log_multiplier.detach().cpu()}
+
+    def load_state_for_resume(self, state: dict[str, torch.Tensor]) -> None:
+        if state["log_multiplier"].shape != self.log_multiplier.shape:
+            raise ValueError("the checkpoint's fool controller has another instance count")
+        self.log_multiplier.copy_(state["log_multiplier"])
+
     def forward(self, fake: torch.Tensor) -> torch.Tensor:
         """Unweighted L_fool (real = logit > 0): mean_c softplus(-C(T(fake))).
 
@@ -83,15 +109,20 @@ class FoolTerm(nn.Module):
         instance's own fakes) -> [n], each instance's own loss. The frozen classifiers score
         all instances' fakes in one pass (every instance of a group fools the same ones).
         """
+        return self._scores(fake)[0]
+
+    def _scores(self, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_fool, fraction of fakes the classifiers call real), each a scalar or [n]."""
         if fake.ndim == 4:
-            return self(fake[None])[0]
+            loss, fooled = self._scores(fake[None])
+            return loss[0], fooled[0]
         n = fake.shape[0]
         # float32 whatever the caller's autocast (gan.bf16): in bf16 the uint8 grid itself is
         # off by up to half a grey level, and the frozen classifiers were trained in float32
         with torch.autocast(fake.device.type, enabled=False):
             x = quantize_straight_through(fake.flatten(0, 1).float())
-            return torch.stack([F.softplus(-c(x)).view(n, -1).mean(1)
-                                for c in self.classifiers]).mean(0)
+            logits = torch.stack([c(x).view(n, -1) for c in self.classifiers])  # [c, n, B]
+            return F.softplus(-logits).mean((0, 2)), (logits.detach() > 0).float().mean((0, 2))
 
     def weighted(self, fake: torch.Tensor, adv_loss: torch.Tensor, last_layer: torch.Tensor,
                  step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
@@ -106,8 +137,17 @@ class FoolTerm(nn.Module):
         scale = self.schedule.scale(step) if self.active else 0.0
         if scale == 0.0:
             return None
-        loss = self(fake)
+        loss, fooled = self._scores(fake)
         weight = torch.full_like(loss.detach(), scale)
+        stats = {}
+        if self.schedule.target is not None:
+            # this step's weight from m so far, then m moves towards the target fooled rate
+            m = self.log_multiplier.reshape(loss.shape)
+            weight = weight * 10.0 ** m
+            bound = math.log10(self.schedule.adaptive_max)
+            m.add_(torch.sign(self.schedule.target - fooled) / self.schedule.adjust_steps)
+            m.clamp_(-bound, bound)
+            stats["fooled"] = fooled
         if self.schedule.adaptive:
             # instances share no parameter: the gradient of the sum is each one's own gradient
             n = loss.numel()
@@ -115,4 +155,4 @@ class FoolTerm(nn.Module):
             g_fool, = torch.autograd.grad(loss.sum(), last_layer, retain_graph=True)
             ratio = g_adv.reshape(n, -1).norm(dim=1) / (g_fool.reshape(n, -1).norm(dim=1) + 1e-8)
             weight = weight * ratio.clamp(0.0, self.schedule.adaptive_max).reshape(loss.shape)
-        return weight * loss, {"loss_fool": loss.detach(), "fool_weight": weight.detach()}
+        return weight * loss, {"loss_fool": loss.detach(), "fool_weight": weight.detach(), **stats}

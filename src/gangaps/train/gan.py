@@ -105,7 +105,9 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
     world, writer = state.world, state.rank == 0  # rank 0 alone writes and shows progress
     nets, opts, phases = state.nets, state.opts, family.phases(gcfg)
     fool = FoolTerm(jobs[0].fool_classifiers,
-                    FoolSchedule.from_config(cfg.experiment, total_steps)).to(device)
+                    FoolSchedule.from_config(cfg.experiment, total_steps, gcfg.batch_size),
+                    instances=n).to(device)
+    state.companions["fool"] = fool  # its controller's multiplier resumes with the job
     # channels_last is applied by the state (parameters and optimizer moments); bf16 and
     # channels_last run on any device, so the CUDA path is tested on CPU (CPU autocast)
     if gcfg.compile:

@@ -112,6 +112,9 @@ class TrainState:
         if not self.grouped:
             family.use_generators(self.nets, [s.masks for s in self.streams])
         self.step = 0
+        # the loop's small stateful helpers (the fool term's controller): name -> an object
+        # with state_dict_for_resume() / load_state_for_resume(), saved with the networks
+        self.companions: dict[str, object] = {}
         self._buffers = {name for name, _ in self.nets.named_buffers()}
         self.writer = StateWriter(_on(cfg.checkpoint_background, device))
 
@@ -163,7 +166,8 @@ class TrainState:
         if self.rank != 0:
             return
         state = {"nets": self.nets.state_dict(), "rng": rng_state(self.device), "step": self.step,
-                 "opts": {k: o.state_dict() for k, o in self.opts.items()}}
+                 "opts": {k: o.state_dict() for k, o in self.opts.items()},
+                 "companions": {k: c.state_dict_for_resume() for k, c in self.companions.items()}}
         if self.n == 1:  # the format of one job's checkpoint (what load_generator reads)
             state.update(spec=self._spec(self.seeds[0]), **self.streams[0].state_dict())
         else:
@@ -203,6 +207,9 @@ class TrainState:
             warn(f"{path}: random streams saved on another kind of device restart from seeds "
                  "derived from the checkpoint (the run goes on, not bit-identical to one that "
                  "never moved)")
+        for k, companion in self.companions.items():
+            if k in state.get("companions", {}):  # older checkpoints have none: from the start
+                companion.load_state_for_resume(state["companions"][k])
         self.step = state["step"]
         return True
 
