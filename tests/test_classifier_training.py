@@ -20,6 +20,7 @@ from gangaps.train.classifier import (
     _even_split,
     _split,
     _validate,
+    augment_workers,
     fake_bank,
     fit_classifier,
     train_classifier,
@@ -102,6 +103,46 @@ def test_ema_weights_are_kept_and_resume_exactly(digits, tmp_path: Path) -> None
         assert torch.equal(value, resumed.state_dict()[name]), name
     assert torch.equal(load_state(tmp_path / "resumed" / CHECKPOINT)["ema"]["net.0.weight"],
                        load_state(tmp_path / "straight" / CHECKPOINT)["ema"]["net.0.weight"])
+
+
+# ---------------------------------------------------------------- augmentation off the step
+
+AUGMENT = {"crop": 24, "flip": True, "blur_prob": 0.5, "blur_sigma": [0.0, 1.0], "jpeg_prob": 0.5}
+
+
+def _weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_augmented_training_is_exact_with_any_workers_and_across_a_resume(digits, tmp_path: Path) -> None:
+    """Each step's augmentation is seeded by (seed, step): inline, on threads and resumed, the
+    same weights."""
+    inline, _, _ = _fit(digits, tmp_path / "inline", epochs=2, augment=AUGMENT, augment_workers=0)
+    _fit(digits, tmp_path / "resumed", epochs=1, augment=AUGMENT, augment_workers=2)
+    resumed, _, _ = _fit(digits, tmp_path / "resumed", epochs=2, augment=AUGMENT, augment_workers=1)
+    assert _weights_equal(inline, resumed)
+    plain, _, _ = _fit(digits, tmp_path / "plain", epochs=2)
+    assert not _weights_equal(inline, plain)  # the augmentation did something
+    auto = ClassifierTrainingConfig()  # auto: inline on CPU, threads beside an accelerator
+    assert augment_workers(auto, CPU) == 0 and augment_workers(auto, torch.device("cuda")) >= 1
+
+
+def test_a_checkpoint_of_one_augmentation_stream_continues_that_stream(digits, tmp_path: Path) -> None:
+    """Checkpoints written before per-step seeds (augment_rng, no augment_seeding) resume on
+    their sequential stream, inline, so such a job still ends as it would have."""
+    from gangaps.io import save_state
+    for d in ("new", "old"):
+        _fit(digits, tmp_path / d, epochs=1, augment=AUGMENT)
+    old = load_state(tmp_path / "old" / CHECKPOINT)
+    del old["augment_seeding"]
+    start = torch.Generator().manual_seed(11).get_state()
+    save_state(tmp_path / "old" / CHECKPOINT, {**old, "augment_rng": start})
+    kept_old, _, _ = _fit(digits, tmp_path / "old", epochs=2, augment=AUGMENT)
+    kept_new, _, _ = _fit(digits, tmp_path / "new", epochs=2, augment=AUGMENT)
+    state = load_state(tmp_path / "old" / CHECKPOINT)
+    assert state["augment_seeding"] == "stream" and not torch.equal(state["augment_rng"], start)
+    assert load_state(tmp_path / "new" / CHECKPOINT)["augment_seeding"] == "per_step"
+    assert not _weights_equal(kept_old, kept_new)
 
 
 # ---------------------------------------------------------------- fakes drawn on the fly

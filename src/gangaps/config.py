@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -171,6 +171,11 @@ class ClassifierTrainingConfig(_Section):
                        "average of the weights, which is then validated and kept (0: off)")
     augment: dict[str, Any] = Field(default_factory=dict, description="detector augmentation "
                                     "(crop, flip, blur_prob, blur_sigma, jpeg_prob, jpeg_quality)")
+    augment_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
+        "auto", description="threads that prepare (augment) the next training batches while one "
+        "trains (0: inline; auto: 0 on CPU, where the step already uses the job's cores, else "
+        "the job's torch threads up to 8); each step is seeded by (seed, step): no effect on "
+        "results")
 
 
 class EvaluationConfig(_Section):

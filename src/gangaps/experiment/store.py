@@ -270,7 +270,8 @@ def _comparable(cfg: Config) -> dict:
     flat.pop("gan.tensorboard", None)
     flat.pop("gan.snapshot_kimg", None)  # snapshots watch a run; they change no result
     flat.pop("gan.snapshots_kept", None)
-    for key in ("gan.checkpoint_minutes", "gan.checkpoint_background", "gan.data_on_device"):
+    for key in ("gan.checkpoint_minutes", "gan.checkpoint_background", "gan.data_on_device",
+                "classifier_training.augment_workers"):
         flat.pop(key, None)  # when and how state is written or held, not what is computed
     return flat
 

@@ -6,6 +6,11 @@ schedule: no validation gain for `patience` epochs -> lr/10; stop below `min_lr`
 best epoch by the `select` measure (of an exponential moving average of the weights if `ema`).
 It checkpoints the full state every epoch and resumes exactly. `train_classifier` is the
 experiment's job: it draws the fake side from the frozen train-subset generators.
+
+Augmentation runs off the critical path: `augment_workers` threads prepare the next batches
+while the current one trains (`gangaps.data.prefetch`). Each step's augmentation is seeded
+by (seed, step), so the trained weights are the same with any number of workers, and a
+resume needs no augmentation state.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tqdm.auto import tqdm
 from gangaps.config import ClassifierTrainingConfig
 from gangaps.data import to_model_range
 from gangaps.data.augment import DetectorAugment
+from gangaps.data.prefetch import batch_generator, prefetched
 from gangaps.data.sampler import EpochSampler
 from gangaps.errors import CorruptFile, NonFiniteLoss, UserError
 from gangaps.generators import generate, load_generator
@@ -37,6 +43,15 @@ def make_augment(options: dict, seed: int = 0) -> DetectorAugment | None:
     if not options:
         return None
     return DetectorAugment.from_config(options, generator=torch.Generator().manual_seed(seed))
+
+
+def augment_workers(tcfg: ClassifierTrainingConfig, device: torch.device) -> int:
+    """classifier_training.augment_workers resolved. auto: inline on CPU (measured: on a busy
+    2-core box threads only compete with the step, `benchmarks/classifier_augment_speed.py`);
+    on an accelerator the job's CPU threads, idle while the device steps, up to 8."""
+    if tcfg.augment_workers != "auto":
+        return tcfg.augment_workers
+    return 0 if device.type == "cpu" else min(8, max(1, torch.get_num_threads()))
 
 
 def _split(images: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,6 +136,10 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
     real_sampler = EpochSampler(len(real_tr), half, seed)
     fake_sampler = EpochSampler(len(fake_tr), half, seed + 7) if fake_tr is not None else None
     augment = make_augment(tcfg.augment, seed)
+    # per_step: each step's augmentation seeded by (seed, step); a checkpoint written before
+    # that held one sequential stream (augment_rng), which it continues, inline, to stay exact
+    seeding, workers = "per_step", augment_workers(tcfg, device)
+    pin = device.type == "cuda"  # pinned batches copy to the GPU without blocking the host
     epoch, best_score, best_epoch, bad_epochs = 0, -float("inf"), -1, 0
     best_val: dict[str, float] = {}
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -134,12 +153,30 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
         real_sampler.load_state_dict(s["real_sampler"])
         if fake_sampler is not None:
             fake_sampler.load_state_dict(s["fake_sampler"])
-        if augment is not None:
+        if augment is not None and s.get("augment_seeding") != "per_step":
+            seeding, workers = "stream", 0
             augment.generator.set_state(s["augment_rng"])
         set_rng_state(s["rng"])
         best_state = s["best_state"]
         epoch, best_epoch, bad_epochs = s["epoch"], s["best_epoch"], s["bad_epochs"]
         best_score, best_val = s["best_score"], s["best_val"]
+
+    def batch(step: int, r: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        # the CPU work of a step, on a prefetch thread when workers > 0
+        x = torch.cat([r, f])
+        if augment is not None:
+            x = augment(x, batch_generator(seed, step) if seeding == "per_step" else None)
+        return x.pin_memory() if pin else x
+
+    def jobs(epoch: int):  # samplers and the fake stream advance here: in order, this thread
+        for i in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + i
+            r = real_tr[real_sampler.next()]
+            # Checkpoints fall on epoch ends, so the global step makes the stream resumable.
+            f = fake_tr[fake_sampler.next()] if fake_sampler is not None else \
+                fake_stream.draw(half, step)
+            yield lambda step=step, r=r, f=f: (batch(step, r, f), len(r), len(f))
+
     bar = tqdm(total=tcfg.epochs * steps_per_epoch, initial=epoch * steps_per_epoch,
                desc=label or out_dir.name, unit="step", disable=not progress, leave=False,
                dynamic_ncols=True)
@@ -149,18 +186,11 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
         # step stay on the device, read once at the epoch's end: no host sync per step
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         first_bad = torch.tensor(steps_per_epoch + 1, device=device)
-        for i in range(steps_per_epoch):
-            r = real_tr[real_sampler.next()]
-            # Checkpoints fall on epoch ends, so the global step index makes the stream resumable.
-            f = fake_tr[fake_sampler.next()] if fake_sampler is not None else \
-                fake_stream.draw(half, epoch * steps_per_epoch + i)
+        for i, (x, n_r, n_f) in enumerate(prefetched(jobs(epoch), workers)):
             # A side smaller than half a batch gives a shorter batch, not a crash.
-            target = torch.cat([torch.ones(len(r), device=device),
-                                torch.zeros(len(f), device=device)])  # real = 1
-            x = torch.cat([r, f])
-            if augment is not None:
-                x = augment(x)
-            logits = model(to_model_range(x.to(device)))
+            target = torch.cat([torch.ones(n_r, device=device),
+                                torch.zeros(n_f, device=device)])  # real = 1
+            logits = model(to_model_range(x.to(device, non_blocking=True)))
             loss = F.binary_cross_entropy_with_logits(logits, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -199,7 +229,8 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
             "ema": ema.state_dict() if ema is not None else torch.zeros(1),
             "real_sampler": real_sampler.state_dict(),
             "fake_sampler": fake_sampler.state_dict() if fake_sampler is not None else {},
-            "augment_rng": augment.generator.get_state() if augment is not None else torch.zeros(1),
+            "augment_rng": augment.generator.get_state() if seeding == "stream" else torch.zeros(1),
+            "augment_seeding": seeding,
             "rng": rng_state(), "epoch": epoch, "best_score": best_score, "best_val": best_val,
             "best_epoch": best_epoch, "bad_epochs": bad_epochs}, keep_previous=True)
     bar.close()
