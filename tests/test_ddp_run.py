@@ -85,6 +85,9 @@ def test_two_processes_train_one_job_and_write_once(ddp_run):
         r0, r1 = state["ranks"]
         assert not torch.equal(r0["z_gen"], r1["z_gen"])  # each rank drew its own latents
         assert r0["sampler"] == r1["sampler"]  # same position in equal-sized shards
+        # gan.sync_batchnorm: the global batch's BatchNorm statistics, the same on both ranks
+        assert r0["buffers"].keys() == r1["buffers"].keys() and r0["buffers"]
+        assert all(torch.equal(v, r1["buffers"][k]) for k, v in r0["buffers"].items())
     # one config and one set of classifier jobs, both written by rank 0 only
     assert len(list(run.glob("config*"))) == 1
     assert len(list(run.glob("iter_00/clf_*/DONE"))) == 3

@@ -121,6 +121,9 @@ class GANConfig(_Section):
     checkpoint_minutes: float | None = Field(None, gt=0, description="also checkpoint when this "
                                              "long has passed since the last (checked at log "
                                              "lines); null: only every checkpoint_kimg")
+    sync_batchnorm: bool = Field(True, description="a job split over torchrun ranks: BatchNorm "
+                                 "normalises over the global batch, as one process would (false: "
+                                 "each rank over its own share, with its own running statistics)")
     checkpoint_background: bool | Literal["auto"] = Field(
         "auto", description="write checkpoints on a background thread (tensors copied first, so "
         "the step never waits for the disk); auto: on CUDA")

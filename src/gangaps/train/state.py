@@ -30,6 +30,7 @@ from gangaps.io import StateWriter, load_resumable, restore_generator, rng_state
 from gangaps.models.grouped import instance_state, instance_tensor
 from gangaps.train import distributed as ddp
 from gangaps.train.family import GANFamily
+from gangaps.train.sync_batchnorm import convert_sync_batchnorm
 
 
 @dataclass
@@ -95,6 +96,8 @@ class TrainState:
                         nets[k].load_state_dict(weights)
             instances.append(nets)
         self.nets = (instances[0] if self.n == 1 else family.fuse(cfg, channels, instances))
+        if split and cfg.sync_batchnorm:  # normalise over the global batch, as one process
+            self.nets = convert_sync_batchnorm(self.nets)
         self.nets = self.nets.to(device)
         if family.channels_last(cfg, device):  # before the optimizers: moments follow params
             self.nets.to(memory_format=torch.channels_last)
