@@ -12,16 +12,26 @@ is written as that section's `error` and the next section runs):
   env         device, torch, CUDA, visible GPUs, the peak FLOP/s MFU is counted against
   dcgan       fused MNIST DCGAN img/s and MFU, N ∈ {1, 4, 8, 16} × batch 256 per instance,
               fp32/TF32 and bf16 (gan.bf16), eager; the real loop (train_generators)
+  dcgan_options  the GPU-path options one at a time, fused N = 8 (dry run 2): gan.rng grouped
+              against per-instance, gan.data_on_device on against off, bf16, bf16 +
+              channels_last, and gan.compile (--compile-backend) with per-instance draws (the
+              graph breaks grouped draws avoid; compiled grouped is dcgan_compiled's N = 8 row)
   dcgan_compiled  the same with gan.compile (N = 8 first: the target)
   iteration   one full configs/mnist-dcgan.yaml iteration, projected: its generators fused as
               the runner groups them on this device, and one epoch of its first classifier
-              (blur+JPEG augmentation on the host, as configured) scaled to all classifiers
+              (augmentation as configured) scaled to all classifiers
+  classifier_augment  one epoch of that classifier with Blur+JPEG(0.5) + flips on the host:
+              none, inline (classifier_training.augment_workers=0) and on threads (auto)
   stylegan2   s/kimg and peak memory at 64 and 256 px (NVIDIA auto cfg, bf16, channels_last)
   ddp         a 2-rank torchrun data-parallel DCGAN job (only when 2 GPUs are visible)
 
 The measuring loops are those of benchmarks/mnist_dcgan_speed.py and stylegan2_speed.py.
 --dry-run: CPU, tiny networks and a few steps, GANGAPS_PEAK_FLOPS injected (1e12) so the MFU
-path runs; compiled variants are skipped (inductor's CPU compile alone takes minutes here).
+path runs; dcgan_compiled is skipped (inductor's CPU compile alone takes minutes here) and
+dcgan_options compiles with aot_eager. Each section's time box is its share of the time left,
+over the shares of the sections still to run: time a section leaves unused (ddp on one GPU)
+goes to those after it, and the whole stays within --budget-s. Not measured: CUDA graphs
+(`mode="reduce-overhead"`): gan.compile takes a backend, no mode.
 """
 
 from __future__ import annotations
@@ -54,8 +64,8 @@ from gangaps.train.speed import PEAK_ENV, peak_flops  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mnist-dcgan.yaml"
 # share of the budget each section may use at most (they sum to 1: the budget is the bound)
-SHARES = {"env": 0.02, "dcgan": 0.22, "dcgan_compiled": 0.30, "iteration": 0.12,
-          "stylegan2": 0.24, "ddp": 0.10}
+SHARES = {"env": 0.02, "dcgan": 0.20, "dcgan_options": 0.12, "dcgan_compiled": 0.24,
+          "iteration": 0.10, "classifier_augment": 0.06, "stylegan2": 0.20, "ddp": 0.06}
 
 
 class SectionTimeout(Exception):
@@ -130,6 +140,37 @@ def sec_dcgan(args, device, out: dict) -> None:
     _dcgan_sweep(args, device, out, compiled=False)
 
 
+# (label, overrides): one option changed at a time from the first row
+OPTIONS = [("grouped rng", ["gan.rng=grouped"]),
+           ("per-instance rng", ["gan.rng=per-instance"]),
+           ("data on host", ["gan.rng=grouped", "gan.data_on_device=false"]),
+           ("bf16", ["gan.rng=grouped", "gan.bf16=true"]),
+           ("bf16 + channels_last", ["gan.rng=grouped", "gan.bf16=true", "gan.channels_last=true"]),
+           ("compiled, per-instance rng", ["gan.rng=per-instance", "gan.compile=true"])]
+
+
+def sec_dcgan_options(args, device, out: dict) -> None:
+    rows = out.setdefault("rows", [])
+    real = _mnist(args).gan_train
+    n = 2 if args.dry_run else 8
+    backend = args.compile_backend or ("aot_eager" if args.dry_run else "inductor")
+    for label, extra in OPTIONS:
+        cfg = _dcgan_cfg(args, "gan.data_on_device=true", *extra,
+                         f"gan.compile_backend={backend}")
+        if cfg.gan.compile:
+            torch._dynamo.reset()
+        t0 = time.perf_counter()
+        r = mnist_dcgan_speed.fused_speed(cfg, real, device, n)
+        g = cfg.gan
+        rows.append({"setting": label, "n": n, "rng": g.rng, "data_on_device": g.data_on_device,
+                     "bf16": g.bf16, "channels_last": g.channels_last,
+                     "compiled": backend if g.compile else None,
+                     "img_per_s": round(r["img_per_s"], 1), "mfu": r["mfu"],
+                     "vs_first": round(r["img_per_s"] / rows[0]["img_per_s"], 3) if rows else 1.0,
+                     "wall_s": round(time.perf_counter() - t0, 1)})
+        args.save()
+
+
 def sec_dcgan_compiled(args, device, out: dict) -> None:
     if args.dry_run:
         out["skipped"] = "dry run (inductor's CPU compile takes minutes)"
@@ -166,6 +207,36 @@ def sec_iteration(args, device, out: dict) -> None:
     out.update(classifier_img_per_s=ips, classifiers=n_clf, classifier_s=round(clf_s, 1),
                projected_iteration_s=round(gen_s + clf_s, 1),
                not_counted="fake banks, sampling and evaluation (FID); early stopping")
+
+
+def sec_classifier_augment(args, device, out: dict) -> None:
+    from gangaps.models.classifiers import build_classifier
+    from gangaps.train.classifier import augment_workers, fit_classifier
+    full = load_config(CONFIG, [f"data.path={args.data_root}"])
+    spec, n = full.classifiers[0], 256 if args.dry_run else 5000
+    x = _mnist(args).classifier_train[:n]
+    # CNNDetection's Blur+JPEG(0.5) with flips; σ ≤ 1 px at 28 px (its [0, 3] is for 256 px)
+    aug = {"flip": True, "blur_prob": 0.5, "blur_sigma": [0.0, 1.0], "jpeg_prob": 0.5}
+    rows, weights = out.setdefault("rows", []), []
+    threads = 2 if args.dry_run else "auto"  # on CPU auto is inline: the dry run takes threads
+    for label, augment, workers in (("none", {}, 0), ("inline", aug, 0), ("threads", aug, threads)):
+        tcfg = ClassifierTrainingConfig(**{**full.classifier_training.model_dump(), "epochs": 1,
+                                           "n_real": n, "n_fake": n, "augment": augment,
+                                           "augment_workers": workers})
+        torch.manual_seed(0)
+        model = build_classifier(spec.arch, x.shape[1], x.shape[-1], **spec.options)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            fit_classifier(model, x, x.flip(-1), tcfg, 0, Path(tmp), device, progress=False)
+            wall = time.perf_counter() - t0
+            ips = json.loads((Path(tmp) / "log.jsonl").read_text().splitlines()[-1])["img_per_s"]
+        if augment:
+            weights.append(model.state_dict())
+        rows.append({"augment": label, "augment_workers": augment_workers(tcfg, device),
+                     "img_per_s": ips, "epoch_s": round(wall, 2)})
+        args.save()
+    # exact on CPU (tested); on CUDA autotuned kernels may differ run to run
+    out["same_weights"] = all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())
 
 
 def sec_stylegan2(args, device, out: dict) -> None:
@@ -221,8 +292,10 @@ def ddp_worker(args) -> None:
     ddp.shutdown()
 
 
-SECTIONS = {"env": sec_env, "dcgan": sec_dcgan, "dcgan_compiled": sec_dcgan_compiled,
-            "iteration": sec_iteration, "stylegan2": sec_stylegan2, "ddp": sec_ddp}
+SECTIONS = {"env": sec_env, "dcgan": sec_dcgan, "dcgan_options": sec_dcgan_options,
+            "dcgan_compiled": sec_dcgan_compiled, "iteration": sec_iteration,
+            "classifier_augment": sec_classifier_augment, "stylegan2": sec_stylegan2,
+            "ddp": sec_ddp}
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -270,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="steps per DCGAN job (default 100; dry run 5)")
     ap.add_argument("--channels-last", action="store_true", help="DCGAN with gan.channels_last")
     ap.add_argument("--ddp-cpu", action="store_true", help="run the ddp section over gloo")
+    ap.add_argument("--compile-backend", help="dcgan_options' gan.compile_backend (default "
+                    "inductor; dry run aot_eager)")
     ap.add_argument("--ddp-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.n = args.n or ([1, 2] if args.dry_run else [1, 4, 8, 16])
@@ -296,15 +371,18 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(out_dir / "gpu_suite.md", markdown(result))
 
     args.save = save
-    for name in args.only or list(SECTIONS):
+    names = args.only or list(SECTIONS)
+    for i, name in enumerate(names):
         sec: dict = {}
         result["sections"][name] = sec
         left = args.budget_s - (time.time() - t_start)
+        # this section's share of what is left: time earlier sections did not use is passed on
+        box = left * SHARES[name] / sum(SHARES[n] for n in names[i:])
         t0 = time.perf_counter()
         try:
             if left <= 1:
                 raise SectionTimeout("no budget left")
-            with time_box(min(SHARES[name] * args.budget_s + 5, left)):
+            with time_box(min(box + 5, left)):
                 SECTIONS[name](args, device, sec)
         except Exception as e:  # a failing section is written down and the next one runs
             sec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]

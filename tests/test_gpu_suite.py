@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["env", "dcgan", "dcgan_compiled", "iteration", "stylegan2", "ddp"]
+SECTIONS = ["env", "dcgan", "dcgan_options", "dcgan_compiled", "iteration", "classifier_augment",
+            "stylegan2", "ddp"]
 
 
 def _suite(out: Path, *args: str) -> tuple[dict, str]:
@@ -42,6 +43,20 @@ def test_dry_run_writes_every_section(dry_run):
     assert [(r["n"], r["precision"][:4]) for r in rows] == [(1, "fp32"), (2, "fp32")] * 2
     for r in rows:  # the real loop's figures: throughput and the MFU against the injected peak
         assert r["img_per_s"] > 0 and 0 < r["mfu"] < 1 and r["batch"] == 16
+    opts = secs["dcgan_options"]["rows"]  # one GPU-path option changed at a time, fused N = 2
+    assert [r["setting"] for r in opts] == ["grouped rng", "per-instance rng", "data on host", "bf16",
+                                            "bf16 + channels_last", "compiled, per-instance rng"]
+    assert [r["rng"] for r in opts] == ["grouped", "per-instance", "grouped", "grouped", "grouped",
+                                        "per-instance"]
+    assert [r["data_on_device"] for r in opts] == [True, True, False, True, True, True]
+    assert [r["bf16"] for r in opts] == [False, False, False, True, True, False]
+    assert [r["compiled"] for r in opts] == [None] * 5 + ["aot_eager"]  # the dry run's backend
+    assert all(r["n"] == 2 and r["img_per_s"] > 0 and 0 < r["mfu"] < 1 for r in opts)
+    assert opts[0]["vs_first"] == 1.0
+    aug = secs["classifier_augment"]
+    assert [(r["augment"], r["augment_workers"]) for r in aug["rows"]] == \
+        [("none", 0), ("inline", 0), ("threads", 2)]
+    assert aug["same_weights"] is True and all(r["img_per_s"] > 0 for r in aug["rows"])
     it = secs["iteration"]
     assert it["instances"] == 10 and it["group_size"] == 4  # the runner's CPU grouping
     assert it["projected_iteration_s"] == pytest.approx(it["generator_s"] + it["classifier_s"], abs=0.2)
@@ -51,6 +66,7 @@ def test_dry_run_writes_every_section(dry_run):
     for name in SECTIONS:
         assert f"## {name} (" in md
     assert "| n | precision | compiled |" in md and "projected_iteration_s" in md
+    assert "| setting | n | rng | data_on_device |" in md and "| augment | augment_workers |" in md
 
 
 def test_a_failing_section_and_a_timed_out_one_are_written_and_the_rest_run(tmp_path):
