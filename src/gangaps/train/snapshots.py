@@ -124,10 +124,13 @@ def write_snapshot(state, jobs: Sequence, ckpt_path: Path, gcfg: GANConfig,
 def replay_events(out_dir: Path, board) -> None:
     """Every snapshot grid and metric line on file as TensorBoard events: a resume rewrites
     the instance's events from its files (gangaps.train.events)."""
-    from torchvision.io import read_image
+    import numpy as np
+    from PIL import Image
 
     for png in sorted(snapshot_dir(out_dir).glob("snapshot-*.png")):
-        board.add_image("snapshot", read_image(str(png)), int(png.stem.split("-")[1]))
+        with Image.open(png) as im:  # the grid as written: RGB, what make_grid gave
+            image = np.asarray(im.convert("RGB"))
+        board.add_image("snapshot", image, int(png.stem.split("-")[1]), dataformats="HWC")
     for records in metric_records(out_dir).values():
         for r in records:
             board.add_scalar(f"snapshot/{r['metric']}", r["value"], r["step"])
