@@ -24,6 +24,24 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("GANGAPS_CACHE", str(tmp_path_factory.mktemp("gangaps-cache")))
 
 
+@pytest.fixture(scope="session")
+def session_lenet(data_root: Path) -> Path:
+    """The LeNet of FID(LeNet) in this session's cache: the user's cached one copied in when
+    there is one (tests never write the user's cache), else trained there once (~80 s)."""
+    import shutil
+
+    from gangaps.metrics.lenet import INFO_FILE, MODEL_FILE, load_or_train_lenet
+    cache = Path(os.environ["GANGAPS_CACHE"]) / "lenet"
+    user = Path.home() / ".cache" / "gangaps" / "lenet"
+    if not (cache / INFO_FILE).exists() and (user / INFO_FILE).exists() \
+            and (user / MODEL_FILE).exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copy(user / MODEL_FILE, cache / MODEL_FILE)
+        shutil.copy(user / INFO_FILE, cache / INFO_FILE)
+    load_or_train_lenet(cache, data_root)
+    return cache
+
+
 def tiny_overrides(**extra: object) -> list[str]:
     """A complete experiment at toy size: 2 iterations × 3 instances, seconds per job."""
     base = {

@@ -66,6 +66,9 @@ def test_report_and_status(finished_run):
     assert "Per iteration" in html and html.count("data:image/png;base64") >= 5
     for name in ("fid.png", "cross_iteration.png", "fooling.png", "samples.png", "curves.png"):
         assert (finished_run / "report" / "figures" / name).stat().st_size > 1000
+    # no gan.snapshot_metric: no snapshot curve and no figure of one
+    assert json.loads((finished_run / "report" / "results.json").read_text())["snapshot_curves"] == []
+    assert not (finished_run / "report" / "figures" / "snapshot_metric.png").exists()
     res = subprocess.run([sys.executable, "-m", "gangaps.cli", "status", str(finished_run)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0

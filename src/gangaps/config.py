@@ -103,6 +103,11 @@ class GANConfig(_Section):
     snapshot_kimg: float = Field(0.0, ge=0, description="every this many kimg: a sample grid "
                                  "and a network snapshot in gen_NN/snapshots/ (0: off)")
     snapshots_kept: int = Field(5, ge=0, description="network snapshots kept (0: all)")
+    snapshot_metric: Literal["none", "fid"] = Field(
+        "none", description="at each snapshot also measure this, with evaluation.fid's "
+        "features against the held-out reals, into gen_NN/snapshots/metric-fid.jsonl")
+    snapshot_metric_n: int = Field(1000, ge=2, description="generated images per snapshot "
+                                   "metric (fixed latents, seed 0)")
     bf16: bool = Field(False, description="bf16 autocast of the networks (the fool term "
                        "stays fp32); meant for CUDA, also runs (slowly) on CPU")
     channels_last: bool = Field(False, description="channels_last memory format of the "
@@ -229,6 +234,13 @@ class Config(_Section):
         if not any(s.role == "target" for s in self.classifiers) and \
                 self.experiment.fool_mode != "none" and self.experiment.iterations > 1:
             raise ValueError("no classifier has role 'target', so there is nothing to fool")
+        if self.gan.snapshot_metric != "none":  # no flag accepted and then ignored
+            if not self.gan.snapshot_kimg:
+                raise ValueError("gan.snapshot_metric measures at snapshots: set "
+                                 "gan.snapshot_kimg > 0 (or gan.snapshot_metric=none)")
+            if self.evaluation.fid == "none":
+                raise ValueError("gan.snapshot_metric=fid measures with evaluation.fid's "
+                                 "features, and evaluation.fid=none: set lenet or inception")
         ids = [cid for s in self.classifiers for cid in classifier_ids(s)]
         if len(ids) != len(set(ids)):
             raise ValueError(f"classifier ids repeat: {sorted(ids)}")

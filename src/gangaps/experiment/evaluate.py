@@ -31,6 +31,25 @@ class QualityMeter:
         self._real_stats = None
         self._real_hist = None
 
+    def prepare(self) -> None:
+        """Load (or train) the feature network and the real statistics now, not at first use."""
+        if self.cfg.evaluation.fid == "lenet" and self._lenet is None:
+            self._lenet_setup()
+
+    def snapshot_record(self, fake: torch.Tensor) -> dict:
+        """The FID of `fake` as one line of a snapshot metric file (gangaps.train.snapshots):
+        the same features and held-out reference as the final quality evaluation."""
+        kind = self.cfg.evaluation.fid
+        scores = self(fake)
+        if kind == "lenet":
+            features = {"lenet_hash": self._lenet.info.get("hash")}
+        else:  # whether the real statistics came from the cache says nothing of the value
+            features = {"protocol": {k: v for k, v in scores["protocol"].items()
+                                     if k != "real_stats_cached"}}
+        return {"metric": f"fid_{kind}", "value": float(scores[f"fid_{kind}"]),
+                "n_fake": len(fake), "n_real": len(self.real.eval_real), "features": kind,
+                "reference": f"held-out real images of {self.real.name}", **features}
+
     def __call__(self, fake: torch.Tensor) -> dict:
         kind = self.cfg.evaluation.fid
         if kind == "none":
@@ -41,26 +60,26 @@ class QualityMeter:
 
     def _lenet_fid(self, fake: torch.Tensor) -> dict:
         from gangaps.metrics.frechet import FeatureStats, fid_from_stats
-        from gangaps.metrics.lenet import (
-            class_histogram,
-            lenet_features,
-            load_or_train_lenet,
-            mode_metrics,
-        )
-        if self.real.channels != 1 or self.real.resolution != 28:
-            raise UserError("evaluation.fid=lenet needs 28×28 gray images (MNIST); use inception")
+        from gangaps.metrics.lenet import class_histogram, lenet_features, mode_metrics
         if self._lenet is None:
-            self._lenet = load_or_train_lenet(cache_dir() / "lenet", self.cfg.data.path,
-                                              device=self.device)
-            real = to_model_range(self.real.eval_real)
-            self._real_stats = FeatureStats().update(lenet_features(self._lenet, real))
-            self._real_hist = class_histogram(self._lenet, real)
+            self._lenet_setup()
         x = to_model_range(fake)
         fake_stats = FeatureStats().update(lenet_features(self._lenet, x))
         hist = class_histogram(self._lenet, x)
         return {"fid_lenet": fid_from_stats(fake_stats, self._real_stats),
                 **mode_metrics(hist, self._real_hist),
                 "class_histogram": [round(float(v), 4) for v in hist]}
+
+    def _lenet_setup(self) -> None:
+        from gangaps.metrics.frechet import FeatureStats
+        from gangaps.metrics.lenet import class_histogram, lenet_features, load_or_train_lenet
+        if self.real.channels != 1 or self.real.resolution != 28:
+            raise UserError("evaluation.fid=lenet needs 28×28 gray images (MNIST); use inception")
+        self._lenet = load_or_train_lenet(cache_dir() / "lenet", self.cfg.data.path,
+                                          device=self.device)
+        real = to_model_range(self.real.eval_real)
+        self._real_stats = FeatureStats().update(lenet_features(self._lenet, real))
+        self._real_hist = class_histogram(self._lenet, real)
 
     def _inception_fid(self, fake: torch.Tensor) -> dict:
         from gangaps.metrics.inception import inception_metrics

@@ -172,8 +172,11 @@ def _generators(ctx: JobContext, specs: tuple[GeneratorSpec, ...]) -> None:
     group_dir = store.group_dir(k, [s.instance for s in specs]) if len(specs) > 1 else None
     resumed = ddp.agree(((group_dir or outs[0]) / CHECKPOINT).exists())
     t0 = time.perf_counter()
+    # lazy: the meter (LeNet, real statistics) is made at the first snapshot, not before
+    metric = (lambda fake: _quality_meter(ctx).snapshot_record(fake)) \
+        if cfg.gan.snapshot_metric != "none" else None
     summaries = train_generators(jobs, cfg, ctx.real.gan_train, ctx.device, ctx.progress,
-                                 group_dir)
+                                 group_dir, snapshot_metric=metric)
 
     def finish() -> None:  # sample grids and DONE markers (rank 0 only under torchrun)
         for spec, out, summary, finished in zip(specs, outs, summaries, done, strict=True):
@@ -308,15 +311,20 @@ def _evaluation(ctx: JobContext, job: Job) -> None:
 
 
 def _quality(ctx: JobContext, fake: torch.Tensor) -> dict:
-    if ctx._quality is not None:
-        return ctx._quality(fake)
-    ctx._quality = QualityMeter(ctx.cfg, ctx.real, ctx.device)
-    if ctx.cfg.evaluation.fid != "lenet":
-        return ctx._quality(fake)
-    # the first use trains LeNet if this machine has none: one process trains, the others
-    # wait and load it, so every job measures with the same network
-    with job_lock(cache_dir() / "lenet.lock", "LeNet training", wait=True):
-        return ctx._quality(fake)
+    return _quality_meter(ctx)(fake)
+
+
+def _quality_meter(ctx: JobContext) -> QualityMeter:
+    """The process's quality meter (final evaluations and snapshot metrics), set up once."""
+    if ctx._quality is None:
+        meter = QualityMeter(ctx.cfg, ctx.real, ctx.device)
+        if ctx.cfg.evaluation.fid == "lenet":
+            # the first use trains LeNet if this machine has none: one process trains, the
+            # others wait and load it, so every job measures with the same network
+            with job_lock(cache_dir() / "lenet.lock", "LeNet training", wait=True):
+                meter.prepare()
+        ctx._quality = meter
+    return ctx._quality
 
 
 def job_summary_line(job: Job, store: RunStore) -> str:

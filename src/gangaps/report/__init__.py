@@ -69,6 +69,17 @@ def embed_figure(path: Path | None, caption: str) -> str:
             f"<figcaption>{html.escape(caption)} (<code>figures/{path.name}</code>)</figcaption></figure>")
 
 
+def snapshot_caption(curves: list[dict]) -> str:
+    """What the snapshot curves measure, with their sample counts."""
+    pts = [p for c in curves for p in c["points"]]
+    if not pts:
+        return ""
+    count = lambda key: "/".join(str(v) for v in sorted({p[key] for p in pts}))  # noqa: E731
+    return (f"{curves[0]['metric']} of each instance at its training snapshots "
+            f"(gan.snapshot_metric; {count('n_fake')} generated against {count('n_real')} "
+            "held-out real images per point)")
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write report/results.json, report/figures/*.png and report/index.html; return the HTML."""
     store = RunStore(run_dir)
@@ -100,6 +111,8 @@ def build_report(run_dir: str | Path) -> Path:
                               fig_dir / "architecture.png"), "Architecture transfer (R4)"),
         (figures.samples(grids, fig_dir / "samples.png"), "Samples, one grid per instance"),
         (figures.training_curves(logs, fig_dir / "curves.png"), "Generator training curves"),
+        (figures.snapshot_metric(results["snapshot_curves"], fig_dir / "snapshot_metric.png"),
+         snapshot_caption(results["snapshot_curves"])),
     ]
 
     fid_name = tables.fid_metric(records) or "FID"

@@ -110,6 +110,29 @@ def training_curves(logs: dict[int, list[list[dict]]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def snapshot_metric(curves: list[dict], path: Path) -> Path | None:
+    """A metric against kimg at the training snapshots: one panel per iteration, one line per
+    instance (dashed: held out). None when no generator has snapshot metrics."""
+    if not curves:
+        return None
+    name = curves[0]["metric"]
+    curves = [c for c in curves if c["metric"] == name]  # one metric per run (evaluation.fid)
+    ks = sorted({c["generator_iteration"] for c in curves})
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.2 * len(ks), 3.2), squeeze=False,
+                             sharey=True)
+    for ax, k in zip(axes[0], ks, strict=True):
+        for c in (c for c in curves if c["generator_iteration"] == k):
+            pts = c["points"]
+            ax.plot([p["kimg"] for p in pts], [p["value"] for p in pts], marker="o", ms=3,
+                    lw=1, ls="-" if c["generator_split"] == "train" else "--",
+                    label=f"G{k}.{c['generator_instance']} ({c['generator_split']})")
+        ax.set_title(f"iteration {k}", fontsize=10)
+        ax.set_xlabel("kimg")
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel(f"{name.replace('_', ' ')} (lower is better)")
+    return _save(fig, path)
+
+
 def samples(grids: dict[int, list[Path]], path: Path) -> Path:
     """One row per iteration, one sample grid per instance."""
     rows, cols = len(grids), max(len(v) for v in grids.values())

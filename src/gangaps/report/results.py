@@ -2,7 +2,9 @@
 
 Each record: metric, value, generator_iteration, generator_instance, generator_split, and for
 classifier metrics classifier_iteration, classifier_id, classifier_arch, classifier_role (None
-for quality metrics), plus the run's fool_mode and fool_lambda so several runs concatenate.
+for quality metrics), plus the run's fool_mode and fool_lambda so several runs concatenate. `snapshot_curves`:
+each generator's metric at its training snapshots (gan.snapshot_metric), one curve per
+generator and metric.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from pathlib import Path
 
 import gangaps
 from gangaps.errors import UserError
+from gangaps.experiment.plan import generator_specs
 from gangaps.experiment.store import RunStore
 from gangaps.io import atomic_write_json, read_json
 from gangaps.report.findings import findings
+from gangaps.train.snapshots import metric_records
 
 GEN_KEYS = ("generator_iteration", "generator_instance", "generator_split")
 CLF_KEYS = ("classifier_iteration", "classifier_id", "classifier_arch", "classifier_role")
@@ -60,6 +64,24 @@ def _eval_records(e: dict, run: dict) -> list[dict]:
     return out
 
 
+def snapshot_curves(store: RunStore) -> list[dict]:
+    """One curve per generator and snapshot metric: its points in step order ([]: none)."""
+    cfg = store.load_config()
+    curves = []
+    for k in range(cfg.experiment.iterations):
+        for g in generator_specs(cfg, k):
+            for lines in metric_records(store.generator_dir(k, g.instance)).values():
+                if not lines:
+                    continue
+                curves.append({"metric": lines[0]["metric"], "features": lines[0]["features"],
+                               "generator_iteration": k, "generator_instance": g.instance,
+                               "generator_split": g.split,
+                               "points": [{key: r[key] for key in ("step", "kimg", "value",
+                                                                    "n_fake", "n_real")}
+                                          for r in lines]})
+    return curves
+
+
 def write_results(store: RunStore, path: Path | None = None) -> dict:
     cfg = store.load_config()
     records = collect_records(store)
@@ -70,6 +92,7 @@ def write_results(store: RunStore, path: Path | None = None) -> dict:
         "config": cfg.model_dump(mode="json"),
         "findings": findings(records, cfg.experiment.iterations, cfg.experiment.fool_mode),
         "records": records,
+        "snapshot_curves": snapshot_curves(store),
     }
     atomic_write_json(path or store.report_dir / "results.json", results)
     return results

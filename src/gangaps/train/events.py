@@ -2,9 +2,10 @@
 
 TensorBoard (`gan.tensorboard: true`, `pip install gangaps[tensorboard]`) writes under
 `<instance dir>/tensorboard/`: every numeric field of every log line as a scalar (losses,
-loss_fool and fool_weight, img_per_s, mfu), and FID when it is measured (`add_scalars`).
-A resumed job truncates log.jsonl to its checkpoint and rewrites the training events from
-it, in one new file: TensorBoard orders event files by name (a timestamp in seconds, then the
+loss_fool and fool_weight, img_per_s, mfu), snapshot grids and snapshot metrics
+(gangaps.train.snapshots), and FID when it is measured (`add_scalars`).
+A resumed job truncates log.jsonl to its checkpoint and rewrites the training and snapshot
+events from its files, in one new file: TensorBoard orders event files by name (a timestamp in seconds, then the
 pid), so events appended by the resumed process could otherwise be read before older ones.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from gangaps.errors import UserError
 from gangaps.io import append_jsonl, atomic_write_text, read_jsonl
+from gangaps.train.snapshots import replay_events
 
 TENSORBOARD = "tensorboard"
 
@@ -41,6 +43,7 @@ class InstanceLog:
             self.tb = _writer(out_dir)
             for record in kept:
                 self._add(record)
+            replay_events(out_dir, self.tb)
 
     def write(self, record: dict) -> None:
         if not self.enabled:

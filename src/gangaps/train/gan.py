@@ -39,7 +39,7 @@ from gangaps.train import distributed as ddp
 from gangaps.train.events import InstanceLog
 from gangaps.train.family import get_family
 from gangaps.train.fool import FoolSchedule, FoolTerm
-from gangaps.train.snapshots import snapshot_every, write_snapshot
+from gangaps.train.snapshots import SnapshotMetric, snapshot_every, write_snapshot
 from gangaps.train.speed import computes_in_bf16, instance_step_flops, peak_flops
 from gangaps.train.state import TrainState
 
@@ -77,19 +77,26 @@ def group_size(cfg: GANConfig, device: torch.device, instances: int) -> int:
 
 
 def train_generator(job: GeneratorJob, cfg: Config, real: torch.Tensor, device: torch.device,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, snapshot_metric: SnapshotMetric | None = None) -> dict:
     """Train one generator instance against D (and the fool term); return a summary dict."""
-    return train_generators([job], cfg, real, device, progress)[0]
+    return train_generators([job], cfg, real, device, progress,
+                            snapshot_metric=snapshot_metric)[0]
 
 
 def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tensor,
                      device: torch.device, progress: bool = True,
-                     group_dir: Path | None = None) -> list[dict]:
+                     group_dir: Path | None = None,
+                     snapshot_metric: SnapshotMetric | None = None) -> list[dict]:
     """Train n instances (n > 1: fused, checkpointing to `group_dir`); one summary each.
 
     The instances of a group must fool the same classifiers (those of `jobs[0]`): the jobs
-    of one iteration do."""
+    of one iteration do. `snapshot_metric` measures snapshot samples when gan.snapshot_metric
+    asks for it (the experiment passes its quality meter: see gangaps.train.snapshots)."""
     gcfg, n = cfg.gan, len(jobs)
+    if gcfg.snapshot_metric != "none" and snapshot_metric is None:
+        raise ValueError(f"gan.snapshot_metric={gcfg.snapshot_metric} needs a snapshot_metric "
+                         "callable (the experiment passes its quality meter's)")
+    metric = snapshot_metric if gcfg.snapshot_metric != "none" else None
     family = get_family(gcfg.family)
     channels, resolution = real.shape[1], real.shape[-1]
     total_steps = math.ceil(gcfg.kimg * 1000 / gcfg.batch_size)
@@ -125,11 +132,13 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
     ckpt_path = (jobs[0].out_dir if n == 1 else group_dir) / CHECKPOINT
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     state.load(ckpt_path)
-    snap_every = snapshot_every(gcfg)
-    if snap_every and writer and state.step and state.step % snap_every == 0:
-        write_snapshot(state, jobs, ckpt_path, gcfg, device)  # one a crash may have cut off
     logs = [InstanceLog(job.out_dir, state.step, gcfg.tensorboard, writer and job.write_checkpoint)
             for job in jobs]
+    boards = [log.tb for log in logs]
+    snap_every = snapshot_every(gcfg)
+    if snap_every and writer and state.step and state.step % snap_every == 0:
+        # what a crash may have cut off (after the logs: their events are rebuilt first)
+        write_snapshot(state, jobs, ckpt_path, gcfg, device, metric, boards)
     # first step of a non-finite loss per phase and instance, kept on the device (no sync per
     # step) and checked before every log line and checkpoint, so garbage is never written
     first_bad: dict[str, torch.Tensor] = {}
@@ -217,7 +226,7 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
             last_ckpt = time.monotonic()
         if snap and writer:
             state.writer.wait()  # a snapshot is drawn from the written checkpoint
-            write_snapshot(state, jobs, ckpt_path, gcfg, device)
+            write_snapshot(state, jobs, ckpt_path, gcfg, device, metric, boards)
     bar.close()
     state.writer.wait()
     for log in logs:
