@@ -95,12 +95,18 @@ def test_one_step_of_a_group_is_three_jobs_alone(runs):
         a = load_state(runs["alone1"] / f"gen_{i:02d}" / CHECKPOINT)
         assert g["step"] == a["step"] == 1 and g["spec"] == a["spec"]
         assert set(g["nets"]) == set(a["nets"])
-        # Adam's first step is lr·g/(|g|+eps): for g near 0 float rounding moves it by a few
-        # % of lr (2e-4), hence 1e-5, not 1e-7
-        assert _max_diff(g["nets"], a["nets"]) < 1e-5
-        for k in ("G", "D"):  # Adam's moments too: one fused Adam is three Adams
+        # Adam's first step is lr·g/(|g|+eps) ≈ ±lr: for g near 0 float rounding moves it by
+        # a few % of lr (2e-4), or flips its sign (a 2·lr difference; at 1 thread: 30 of the
+        # 183,577 weights, in G's first layers). A wrong batch, latent or mask moves most.
+        off = sum(int(((g["nets"][k].float() - a["nets"][k].float()).abs() > 1e-5).sum())
+                  for k in a["nets"] if a["nets"][k].ndim)
+        total = sum(a["nets"][k].numel() for k in a["nets"] if a["nets"][k].ndim)
+        assert off <= 1e-3 * total and _max_diff(g["nets"], a["nets"]) <= 2.05 * 2e-4
+        for k in ("G", "D"):  # Adam's moments too: one fused Adam is three Adams (the
+            # gradients of grouped and plain kernels differ by float rounding: measured 0.044 %
+            # of a tensor's norm at 1 thread; a wrong input gives differences of ~100 %)
             for idx, moments in a["opts"][k]["state"].items():
-                assert _max_diff(g["opts"][k]["state"][idx], moments) < 1e-6
+                assert _rel_diff(g["opts"][k]["state"][idx], moments) < 1e-2
         for key in ("sampler", "z_gen", "mask_gen"):  # the same draws were consumed
             assert str(g[key]) == str(a[key])
         lg, la = (read_jsonl(runs[r] / f"gen_{i:02d}" / "log.jsonl")[-1] for r in ("group1", "alone1"))
