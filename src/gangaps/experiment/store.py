@@ -268,9 +268,9 @@ def _comparable(cfg: Config) -> dict:
     flat.pop("device", None)
     flat.pop("deterministic", None)  # how kernels run, like device
     flat.pop("gan.tensorboard", None)
-    flat.pop("gan.snapshot_kimg", None)  # snapshots watch a run; they change no result
-    for key in ("gan.snapshots_kept", "gan.snapshot_metric", "gan.snapshot_metric_n"):
-        flat.pop(key, None)
+    for key in ("gan.snapshot_kimg", "gan.snapshots_kept", "gan.snapshot_metric",
+                "gan.snapshot_metric_n"):
+        flat.pop(key, None)  # snapshots watch a run; they change no result
     for key in ("gan.checkpoint_minutes", "gan.checkpoint_background", "gan.data_on_device",
                 "classifier_training.augment_workers"):
         flat.pop(key, None)  # when and how state is written or held, not what is computed

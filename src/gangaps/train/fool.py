@@ -21,7 +21,8 @@ collapse). So w(step) = λ · schedule(step) · balance(step):
   [1/adaptive_max, adaptive_max]. Like ADA's augmentation probability, it pushes only as
   long as the generator is detected, and backs off once it fools (a fixed λ either pushes
   after the goal is met, or not enough at a seed where the classifier is hard to fool). m
-  lives on the device (no host sync) and is checkpointed with the job (`state_dict`).
+  lives on the device (no host sync) and is checkpointed with the job
+  (`state_dict_for_resume`, through `TrainState.companions`).
 """
 
 from __future__ import annotations
