@@ -226,3 +226,29 @@ def test_controlled_generator_fools_more_than_fixed_at_a_weak_lambda(tmp_path, d
                        b["companions"]["fool"]["log_multiplier"])
     for k in a["nets"]:
         assert torch.equal(a["nets"][k], b["nets"][k]), k
+
+
+def test_generator_ema_averages_weights_and_batchnorm_statistics():
+    """update_ema: parameters and floating buffers (BatchNorm's running statistics, which
+    must match the averaged weights) move (1-β) of the way; integer buffers are copied; with
+    average_buffers=False (StyleGAN2) floating buffers are copied too. ema_beta halves the
+    old weights' share every `ema_kimg` thousand images, sooner while the ramp-up binds."""
+    from gangaps.models.dcgan import Generator
+    from gangaps.train.family import ema_beta, update_ema
+    torch.manual_seed(0)
+    G, ema = Generator(width=0.125), Generator(width=0.125)
+    G.train()(torch.randn(8, 100))  # G's running statistics move, its step counter counts
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    update_ema(ema, G, 0.75, average_buffers=True)
+    for k, v in ema.state_dict().items():
+        want = G.state_dict()[k] if not v.is_floating_point() else \
+            0.75 * before[k] + 0.25 * G.state_dict()[k]
+        assert torch.allclose(v, want, atol=1e-6), k
+    assert int(ema.fc[1].num_batches_tracked) == 1 and not torch.equal(
+        ema.fc[1].running_mean, G.fc[1].running_mean)
+    update_ema(ema, G, 0.75, average_buffers=False)
+    assert torch.equal(ema.fc[1].running_mean, G.fc[1].running_mean)
+    # 1000 images in steps of 16 at a 1 kimg half-life: the old share is one half
+    assert ema_beta(1.0, None, 10_000, 16) ** (1000 / 16) == pytest.approx(0.5)
+    assert ema_beta(1.0, 0.05, 100, 16) == pytest.approx(0.5 ** (16 / (100 * 16 * 0.05)))
+    assert ema_beta(1.0, 0.05, 0, 16) == 0.0  # the first step copies G

@@ -30,8 +30,10 @@ from tests.conftest import tiny_overrides
 
 CPU = torch.device("cpu")
 SEEDS = (11, 12, 13)
-# 50 steps of 32 images, a checkpoint every 10; the fool term (adaptive) from step 20 on
+# 50 steps of 32 images, a checkpoint every 10; the fool term (adaptive) from step 20 on; a
+# G_ema (0.2 kimg half-life, ramped up), which fused and alone must keep alike too
 OVERRIDES = {"gan.kimg": 1.6, "gan.checkpoint_kimg": 0.32, "gan.log_kimg": 0.32,
+             "gan.options.ema_kimg": 0.2,
              "experiment.fool_lambda": 1.0, "experiment.fool_weighting": "adaptive",
              "experiment.fool_start": 0.4, "experiment.fool_adaptive_max": 1000.0,
              "gan.tensorboard": "true"}
@@ -138,6 +140,11 @@ def test_fifty_steps_with_dropout_and_adaptive_fool_weights_agree(runs):
 def test_an_instance_of_a_group_is_an_ordinary_generator(runs):
     G = load_generator(runs["group50"] / "gen_01" / CHECKPOINT)
     assert type(G) is Generator
+    nets = load_state(runs["group50"] / "gen_01" / CHECKPOINT)["nets"]
+    ema = {k[len("G_ema."):]: v for k, v in nets.items() if k.startswith("G_ema.")}
+    # what is sampled is the average, which lags G (BatchNorm statistics included)
+    assert all(torch.equal(v, ema[k]) for k, v in G.state_dict().items())
+    assert _rel_diff(ema, {k: nets[f"G.{k}"] for k in ema}) > 1e-3
     alone = load_generator(runs["alone50"] / "gen_01" / CHECKPOINT)
     x, y = generate(G, 64, seed=3), generate(alone, 64, seed=3)
     assert x.shape == (64, 1, 28, 28) and (x.float() - y.float()).abs().mean() < 2.0

@@ -177,6 +177,9 @@ class ClassifierTrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (AdamW)")
     ema: float = Field(0.0, ge=0, lt=1, description="per-step decay of an exponential moving "
                        "average of the weights, which is then validated and kept (0: off)")
+    channels_last: bool = Field(True, description="train and judge in the channels_last "
+                                "memory format (measured on 2 CPU cores: 1.4× a training step "
+                                "and 1.3-2× inference of the demo's classifiers)")
     augment: dict[str, Any] = Field(default_factory=dict, description="detector augmentation "
                                     "(crop, flip, blur_prob, blur_sigma, jpeg_prob, jpeg_quality)")
     augment_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(

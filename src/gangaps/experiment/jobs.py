@@ -298,6 +298,8 @@ def _evaluation(ctx: JobContext, job: Job) -> None:
     for c in todo:
         path = store.classifier_dir(i, c.clf_id) / FINAL
         model = load_classifier(path, ctx.device)
+        if ctx.cfg.classifier_training.channels_last:
+            model.to(memory_format=torch.channels_last)
         key = (i, c.clf_id, path.stat().st_mtime_ns)  # a retrained classifier is a new key
         if key not in ctx._real_logits:
             ctx._real_logits[key] = classify(model, real, ctx.device)

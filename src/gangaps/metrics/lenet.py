@@ -79,7 +79,7 @@ def _shift_batch(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2,
 
 @torch.no_grad()
 def accuracy(model: LeNet, images: torch.Tensor, labels: torch.Tensor,
-             batch_size: int = 1000) -> float:
+             batch_size: int = 256) -> float:
     """Top-1 accuracy on [-1, 1] images [N, 1, 28, 28]."""
     was_training = model.training
     model.eval()
@@ -201,8 +201,9 @@ def load_or_train_lenet(cache_dir: str | Path | None = None, root: str | Path | 
 
 
 @torch.no_grad()
-def lenet_features(model: LeNet, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Penultimate-layer features [N, 128] (float32, CPU) of [-1, 1] images [N, 1, 28, 28]."""
+def lenet_features(model: LeNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Penultimate-layer features [N, 128] (float32, CPU) of [-1, 1] images [N, 1, 28, 28].
+    Batches of 256 by default: twice as fast on a CPU as 1000, whose activations spill the caches."""
     if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
         raise ValueError(f"expected images [N, 1, 28, 28], got {tuple(images.shape)}")
     if images.dtype == torch.uint8:
@@ -214,7 +215,7 @@ def lenet_features(model: LeNet, images: torch.Tensor, batch_size: int = 1000) -
     return torch.cat(out) if out else torch.zeros(0, FEATURE_DIM)
 
 
-def lenet_stats(model: LeNet, images: torch.Tensor, batch_size: int = 1000) -> FeatureStats:
+def lenet_stats(model: LeNet, images: torch.Tensor, batch_size: int = 256) -> FeatureStats:
     """FeatureStats of the LeNet features of [-1, 1] images."""
     stats = FeatureStats(FEATURE_DIM)
     for i in range(0, len(images), batch_size):
@@ -244,13 +245,13 @@ def mnist_test_stats(model: LeNet, root: str | Path | None = None,
 
 
 def fid_lenet(model: LeNet, fake_images: torch.Tensor, real_stats: FeatureStats,
-              batch_size: int = 1000) -> float:
+              batch_size: int = 256) -> float:
     """FID (LeNet) of [-1, 1] images [N, 1, 28, 28] against precomputed real stats."""
     return fid_from_stats(lenet_stats(model, fake_images, batch_size), real_stats)
 
 
 @torch.no_grad()
-def class_histogram(model: LeNet, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def class_histogram(model: LeNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Fraction of [-1, 1] images [N, 1, 28, 28] the LeNet assigns to each digit [10]."""
     model.eval()
     device = next(model.parameters()).device

@@ -62,12 +62,14 @@ def _split(images: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.
 
 @torch.no_grad()
 def classify(model: torch.nn.Module, images: torch.Tensor, device: torch.device | str = "cpu",
-             batch_size: int = 1000, flip_tta: bool = False, resize: bool = True) -> torch.Tensor:
+             batch_size: int = 256, flip_tta: bool = False, resize: bool = True) -> torch.Tensor:
     """Logits (real > 0) of uint8 images [N, C, H, W], in eval mode; float32 on CPU.
 
     flip_tta averages the logits of each image and its mirror image (test-time augmentation for
     detectors trained with random flips: both views are in-distribution, their errors differ).
     resize=False: the classifier sees the images at their own size (`GANClassifier.forward`).
+    Batches of 256: at 1000 the activations leave the CPU's caches and inference ran 3× slower
+    (2,900 against 8,600 img/s for the demo's patch classifier on 2 cores).
     """
     was_training = model.training
     model.eval()
@@ -128,6 +130,8 @@ def fit_classifier(model: GANClassifier, real: torch.Tensor, fake: torch.Tensor,
     steps_per_epoch = max(1, n_train // half)
     torch.manual_seed(seed)
     model.to(device).train()
+    if tcfg.channels_last:  # before the optimizer and the EMA copy: both follow the weights
+        model.to(memory_format=torch.channels_last)
     # AdamW with weight_decay 0 is exactly Adam.
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=(0.9, 0.999),
                             weight_decay=tcfg.weight_decay)

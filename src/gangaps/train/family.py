@@ -98,6 +98,28 @@ class GANFamily:
         return nets["G_ema"] if "G_ema" in nets else nets["G"]
 
 
+def ema_beta(ema_kimg: float, rampup: float | None, step: int, batch_size: int) -> float:
+    """Per-step decay β of the generator's EMA: a half-life of `ema_kimg` thousand images, or
+    of `rampup` × the images seen so far while that is shorter (NVIDIA's StyleGAN2 schedule)."""
+    ema_nimg = ema_kimg * 1000
+    if rampup is not None:
+        ema_nimg = min(ema_nimg, step * batch_size * rampup)
+    return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, net: nn.Module, beta: float, average_buffers: bool) -> None:
+    """ema <- β·ema + (1-β)·net for the parameters. Floating buffers are averaged too when
+    `average_buffers` (BatchNorm statistics, which must match the averaged weights), else
+    copied (StyleGAN2's w_avg and filters, as NVIDIA); integer buffers are always copied."""
+    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1.0 - beta)
+    for b_ema, b in zip(ema.buffers(), net.buffers(), strict=True):
+        if average_buffers and b.is_floating_point():
+            b_ema.lerp_(b, 1.0 - beta)
+        else:
+            b_ema.copy_(b)
+
+
 def adam_kernel(net: nn.Module) -> dict[str, bool]:
     """Adam's implementation: on CUDA the fused kernel (one launch, step counters on the
     device: no host read a step); elsewhere the multi-tensor one (the CPU numbers of record)."""

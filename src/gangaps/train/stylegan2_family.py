@@ -34,7 +34,7 @@ from gangaps.errors import UserError
 from gangaps.models.stylegan2 import Discriminator, Generator
 from gangaps.train import distributed as ddp
 from gangaps.train.diffaugment import MODES, AugmentPipe, parse_policy
-from gangaps.train.family import GANFamily, Phase, PhaseResult
+from gangaps.train.family import GANFamily, Phase, PhaseResult, ema_beta, update_ema
 
 
 class _LossState(nn.Module):
@@ -324,15 +324,8 @@ class StyleGAN2Family(GANFamily):
     @torch.no_grad()
     def end_step(self, nets: nn.ModuleDict, step: int, batch_size: int) -> None:
         batch_size *= ddp.world_size()  # EMA and ADA count images over all ranks, as NVIDIA
-        ema_nimg = self._ema_kimg * 1000
-        if self._o["ema_rampup"] is not None:
-            ema_nimg = min(ema_nimg, step * batch_size * self._o["ema_rampup"])
-        beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))
-        G, G_ema = nets["G"], nets["G_ema"]
-        p_ema, p = list(G_ema.parameters()), list(G.parameters())
-        torch._foreach_lerp_(p_ema, p, 1.0 - beta)  # p_ema <- β·p_ema + (1-β)·p
-        for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
-            b_ema.copy_(b)  # w_avg, noise constants, filters: copied as NVIDIA does
+        beta = ema_beta(self._ema_kimg, self._o["ema_rampup"], step, batch_size)
+        update_ema(nets["G_ema"], nets["G"], beta, average_buffers=False)
         nets["augment"].update(step, batch_size)
 
 
