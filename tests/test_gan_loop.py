@@ -175,6 +175,8 @@ def test_controlled_weight_rises_while_detected_and_falls_while_fooling():
         _, stats = fool.weighted(fake, torch.zeros(2), torch.zeros(2, 1), step)
         weights.append(stats["fool_weight"].tolist())
         assert stats["fooled"].tolist() == [1.0, 0.0]
+        assert fool.fooled(fake).tolist() == [1.0, 0.0]
+        fool.control(stats["fooled"])
     # the weight used at step s is λ·10^(±s/4) until the clamp at 10^±1
     for s, (w0, w1) in enumerate(weights):
         assert w0 == pytest.approx(0.1 * 10 ** -min(s / 4, 1))
@@ -226,6 +228,30 @@ def test_controlled_generator_fools_more_than_fixed_at_a_weak_lambda(tmp_path, d
                        b["companions"]["fool"]["log_multiplier"])
     for k in a["nets"]:
         assert torch.equal(a["nets"][k], b["nets"][k]), k
+
+
+def test_controller_follows_the_evaluated_generator_ema(tmp_path, data_root):
+    """With G_ema the controller reads G_ema's fooled fraction (eval mode), not G's: a G_ema
+    that never leaves the untrained G (a 10^6-kimg half-life) keeps making grey images that the
+    brightness 'classifier' calls real, so the weight only falls, to its floor λ/10, although
+    the training G becomes detected; without G_ema the same job raises it above λ."""
+    over = {"gan.kimg": 2, "experiment.fool_lambda": 0.02, "experiment.fool_adaptive_max": 10.0,
+            "experiment.fool_weighting": "controlled", "experiment.fool_target": 0.5,
+            "experiment.fool_adjust_kimg": 0.3}
+    clf = _Brightness()
+    logs = {}
+    for name, ema in (("ema", "{width: 0.125, ema_kimg: 1000000, ema_rampup: null}"),
+                      ("no_ema", "{width: 0.125}")):
+        cfg = _cfg(data_root, **over, **{"gan.options": ema})
+        train_generator(GeneratorJob(tmp_path / name, seed=2, fool_classifiers=[clf]), cfg,
+                        _real(cfg), CPU, progress=False)
+        logs[name] = [json.loads(x) for x in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+    ema, no_ema = logs["ema"], logs["no_ema"]
+    assert all(r["fooled_sampled"] > 0.9 for r in ema)  # the untrained G_ema fools throughout
+    assert min(r["fooled"] for r in ema) < 0.5  # while the training G is detected
+    assert all(r["fool_weight"] <= 0.02 for r in ema)
+    assert ema[-1]["fool_weight"] == pytest.approx(0.002)  # the floor λ/10
+    assert "fooled_sampled" not in no_ema[0] and max(r["fool_weight"] for r in no_ema) > 0.04
 
 
 def test_generator_ema_averages_weights_and_batchnorm_statistics():

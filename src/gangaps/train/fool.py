@@ -22,7 +22,9 @@ collapse). So w(step) = λ · schedule(step) · balance(step):
   long as the generator is detected, and backs off once it fools (a fixed λ either pushes
   after the goal is met, or not enough at a seed where the classifier is hard to fool). m
   lives on the device (no host sync) and is checkpointed with the job
-  (`state_dict_for_resume`, through `TrainState.companions`).
+  (`state_dict_for_resume`, through `TrainState.companions`). The loop feeds it (`control`)
+  the fooled fraction of the network that is evaluated: G_ema where the family keeps one,
+  because an average of G fools far less than G itself (docs/findings-mnist.md §10).
 """
 
 from __future__ import annotations
@@ -94,6 +96,23 @@ class FoolTerm(nn.Module):
     def train(self, mode: bool = True) -> FoolTerm:
         return super().train(False)  # classifiers stay in eval mode whatever the caller does
 
+    @property
+    def controlled(self) -> bool:
+        return self.active and self.schedule.target is not None
+
+    @torch.no_grad()
+    def fooled(self, fake: torch.Tensor) -> torch.Tensor:
+        """Fraction of `fake` ([B, ...] or [n, B, ...]) the classifiers call real ([] or [n])."""
+        return self._scores(fake)[1]
+
+    def control(self, fooled: torch.Tensor, steps: int = 1) -> None:
+        """The controller's move for `steps` steps: m goes towards the target, by
+        steps/adjust_steps (log10) up while fewer than the target of the fakes were `fooled`
+        ([n] or a scalar), down while more were, within the clamp."""
+        m = self.log_multiplier.reshape(fooled.shape)
+        m.add_(torch.sign(self.schedule.target - fooled) * (steps / self.schedule.adjust_steps))
+        m.clamp_(-math.log10(self.schedule.adaptive_max), math.log10(self.schedule.adaptive_max))
+
     def state_dict_for_resume(self) -> dict[str, torch.Tensor]:
         """What a resumed job needs to continue the weight exactly (the controller's m)."""
         return {"log_multiplier": self.log_multiplier.detach().cpu()}
@@ -141,13 +160,8 @@ class FoolTerm(nn.Module):
         loss, fooled = self._scores(fake)
         weight = torch.full_like(loss.detach(), scale)
         stats = {}
-        if self.schedule.target is not None:
-            # this step's weight from m so far, then m moves towards the target fooled rate
-            m = self.log_multiplier.reshape(loss.shape)
-            weight = weight * 10.0 ** m
-            bound = math.log10(self.schedule.adaptive_max)
-            m.add_(torch.sign(self.schedule.target - fooled) / self.schedule.adjust_steps)
-            m.clamp_(-bound, bound)
+        if self.controlled:  # this step's weight from m so far; the caller then calls control
+            weight = weight * 10.0 ** self.log_multiplier.reshape(loss.shape)
             stats["fooled"] = fooled
         if self.schedule.adaptive:
             # instances share no parameter: the gradient of the sum is each one's own gradient

@@ -186,6 +186,8 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
                     if term is not None:
                         loss = loss + term[0]
                         out.stats.update(term[1])
+                        if fool.controlled:
+                            _control(fool, family, nets, z, out.stats, step)
             bad = torch.where(torch.isfinite(loss.detach()), _NEVER, step + 1)  # as logged
             first_bad[phase.name] = torch.minimum(first_bad.get(phase.name, bad), bad)
             opts[phase.opt].zero_grad(set_to_none=True)
@@ -245,3 +247,34 @@ def train_generators(jobs: Sequence[GeneratorJob], cfg: Config, real: torch.Tens
             warnings.warn(f"{jobs[0].out_dir}: the {world} ranks ended with different weights; "
                           "rank 0's are kept", RuntimeWarning, stacklevel=2)
     return [dict(summary) for _ in jobs]
+
+
+
+_SAMPLER_READ_EVERY = 4  # steps between the controller's readings of G_ema (+5 % a step, not +20 %)
+
+
+def _control(fool: FoolTerm, family, nets: torch.nn.ModuleDict, z: torch.Tensor, stats: dict,
+             step: int) -> None:
+    """Move the fool controller by the fooled fraction of the network that is evaluated.
+
+    Without G_ema, the step's own fakes, every step (no extra work). With it, G_ema's images
+    of the step's latents in eval mode, as they are sampled for evaluation, every
+    `_SAMPLER_READ_EVERY` steps (each reading moves the multiplier as far as that many steps
+    would): G_ema, an average of G, fools far less than G (docs/findings-mnist.md §10), and
+    the controller must push until the evaluated generator fools, not the training one.
+    Logged as `fooled_sampled`.
+    """
+    sampler = family.sampler(nets)
+    if sampler is nets["G"]:
+        fool.control(stats["fooled"])
+        return
+    if step % _SAMPLER_READ_EVERY:
+        return
+    was_training = sampler.training
+    sampler.eval()  # BatchNorm's running statistics, not the batch's; nothing updated
+    with torch.no_grad():
+        images = sampler(z)
+    sampler.train(was_training)
+    fooled = fool.fooled(images.reshape(*stats["fooled"].shape, -1, *images.shape[-3:]))
+    stats["fooled_sampled"] = fooled
+    fool.control(fooled, _SAMPLER_READ_EVERY)
