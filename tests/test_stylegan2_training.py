@@ -248,3 +248,23 @@ def test_data_parallel_ranks_stay_identical(tmp_path: Path) -> None:
             assert torch.equal(a[k], b[k]), k  # averaged gradients: same weights everywhere
     # ...while each rank drew its own latents: the per-rank path-length means differ.
     assert not torch.equal(a["loss_state.pl_mean"], b["loss_state.pl_mean"])
+
+
+def test_fool_controller_reads_g_ema(faces: torch.Tensor, tmp_path: Path) -> None:
+    """The controlled weight follows G_ema's fooled fraction (StyleGAN2's sampler, with its
+    own noise inputs), read every 4th step, and the weight moves off λ accordingly."""
+    clf = _trained_classifier(faces)
+    cfg = _cfg(steps=8, log_steps=4, lam=1.0)
+    cfg.experiment.fool_weighting, cfg.experiment.fool_adjust_kimg = "controlled", 0.032
+    train_generator(GeneratorJob(tmp_path, seed=5, fool_classifiers=[clf]), cfg, faces, CPU,
+                    progress=False)
+    log = _log(tmp_path)
+    assert len(log) == 2 and all(0.0 <= r["fooled_sampled"] <= 1.0 for r in log)
+    # a reading (steps 0 and 4) moves log10 m by 4 / adjust_steps = 1, within [-1, 1]; each
+    # log line is the mean of its 4 steps' weights (λ = 1): recomputed from the readings
+    def moved(m: float, fooled: float) -> float:
+        return max(-1.0, min(1.0, m + (fooled < 0.5) - (fooled > 0.5)))
+    m1 = moved(0.0, log[0]["fooled_sampled"])
+    m2 = moved(m1, log[1]["fooled_sampled"])
+    assert log[0]["fool_weight"] == pytest.approx((1 + 3 * 10 ** m1) / 4, rel=1e-4)
+    assert log[1]["fool_weight"] == pytest.approx((10 ** m1 + 3 * 10 ** m2) / 4, rel=1e-4)
